@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 #: Modules that add subcommands; imported at start, their heavy imports happen inside `run`.
-COMMAND_MODULES: tuple[str, ...] = ("extproc.cli_config",)
+COMMAND_MODULES: tuple[str, ...] = ("extproc.cli_config", "extproc.cli_serve")
 
 
 def build_parser() -> argparse.ArgumentParser:

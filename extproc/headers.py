@@ -1,0 +1,18 @@
+"""Names of the headers the router reads and writes, in one place."""
+
+from __future__ import annotations
+
+#: Every header the router owns starts with this; client-sent ones are never trusted.
+PREFIX = "x-cascade-"
+#: The chosen tier; Envoy's routes match on it.
+TIER = "x-cascade-tier"
+#: The classifier version that decided.
+CLASSIFIER = "x-cascade-classifier"
+#: Short reason, e.g. `keyword:refactor`, `long_text:chars>500`, `default`, `unparsed`.
+REASON = "x-cascade-reason"
+#: Envoy's request id, used in logs and as the canary key when no user key is sent.
+REQUEST_ID = "x-request-id"
+PATH = ":path"
+METHOD = ":method"
+CONTENT_TYPE = "content-type"
+CONTENT_LENGTH = "content-length"
