@@ -45,6 +45,9 @@ test-unit: install
 test-e2e: install sysdeps
 	$(BIN)/pytest -q -m e2e
 
+demo: install
+	$(BIN)/cascade demo
+
 bench: install
 	$(BIN)/python bench/bench_classify.py
 

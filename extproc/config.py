@@ -113,6 +113,20 @@ class ServerSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class EnvoySettings:
+    """What `cascade render envoy` needs beyond the tiers."""
+
+    listen: str = "0.0.0.0:10000"
+    admin: str = "127.0.0.1:9901"
+    #: addresses of `cascade serve` (several = endpoints of one ext_proc cluster)
+    ext_proc: tuple[str, ...] = ("127.0.0.1:50051",)
+    message_timeout_ms: int = 500
+    route_timeout_s: int = 300
+    max_request_bytes: int = 16 * 1024 * 1024
+    connect_timeout_ms: int = 1000
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     """An immutable, compiled configuration. One per stream, read once."""
 
@@ -124,6 +138,7 @@ class Snapshot:
     canary: Canary | None
     classifiers: Mapping[str, Classifier]
     server: ServerSettings
+    envoy: EnvoySettings = field(default_factory=EnvoySettings)
     raw: Mapping[str, Any] = field(repr=False, compare=False, default_factory=dict)
 
     def tier(self, name: str) -> Tier:
@@ -230,7 +245,16 @@ def _join(path: str, key: str | int) -> str:
 # ---------------------------------------------------------------------------------------------
 # loading and compiling
 
-_TOP_KEYS = {"schema", "tiers", "default_tier", "classifier", "canary", "classifiers", "server"}
+_TOP_KEYS = {
+    "schema",
+    "tiers",
+    "default_tier",
+    "classifier",
+    "canary",
+    "classifiers",
+    "server",
+    "envoy",
+}
 
 
 def load_snapshot(path: str | Path) -> Snapshot:
@@ -279,6 +303,7 @@ def compile_document(document: object, source: str, digest: str = "") -> Snapsho
     stable = check.choice(top["classifier"], "classifier", versions)
     canary = _compile_canary(check, top.get("canary"), versions, stable)
     server = _compile_server(check, top.get("server"))
+    envoy = _compile_envoy(check, top.get("envoy"))
     return Snapshot(
         source=source,
         digest=digest,
@@ -288,6 +313,7 @@ def compile_document(document: object, source: str, digest: str = "") -> Snapsho
         canary=canary,
         classifiers=classifiers,
         server=server,
+        envoy=envoy,
         raw=top,
     )
 
@@ -329,13 +355,11 @@ def _compile_backends(
         item_path = _join(path, index)
         spec = check.mapping(item, item_path, {"address", "model", "weight", "name"}, {"address"})
         address = check.string(spec["address"], _join(item_path, "address"))
-        host, sep, port_text = address.rpartition(":")
-        if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-            raise check.fail(_join(item_path, "address"), f"expected host:port, got {address!r}")
+        host, port = _host_port(check, address, _join(item_path, "address"))
         backends.append(
             Backend(
                 address=host,
-                port=int(port_text),
+                port=port,
                 model=check.string(
                     spec.get("model", tier_model), _join(item_path, "model"), empty=True
                 ),
@@ -459,4 +483,57 @@ def _compile_server(check: _Checker, value: object) -> ServerSettings:
             spec.get("max_body_bytes", DEFAULT_MAX_BODY_BYTES), "server.max_body_bytes", minimum=1
         ),
         rewrite_model=check.boolean(spec.get("rewrite_model", False), "server.rewrite_model"),
+    )
+
+
+def _host_port(
+    check: _Checker, value: str, path: str, *, allow_zero: bool = False
+) -> tuple[str, int]:
+    host, sep, port_text = value.rpartition(":")
+    low = 0 if allow_zero else 1
+    if not sep or not host or not port_text.isdigit() or not low <= int(port_text) < 65536:
+        raise check.fail(path, f"expected host:port, got {value!r}")
+    return host, int(port_text)
+
+
+_ENVOY_KEYS = {
+    "listen",
+    "admin",
+    "ext_proc",
+    "message_timeout_ms",
+    "route_timeout_s",
+    "max_request_bytes",
+    "connect_timeout_ms",
+}
+
+
+def _compile_envoy(check: _Checker, value: object) -> EnvoySettings:
+    if value is None:
+        return EnvoySettings()
+    spec = check.mapping(value, "envoy", _ENVOY_KEYS)
+    defaults = EnvoySettings()
+    addresses: dict[str, str] = {}
+    for key in ("listen", "admin"):
+        text = check.string(spec.get(key, getattr(defaults, key)), f"envoy.{key}")
+        _host_port(check, text, f"envoy.{key}", allow_zero=True)
+        addresses[key] = text
+    ext_proc = spec.get("ext_proc", list(defaults.ext_proc))
+    if isinstance(ext_proc, str):
+        ext_proc = [ext_proc]
+    endpoints = []
+    for index, item in enumerate(check.sequence(ext_proc, "envoy.ext_proc")):
+        text = check.string(item, _join("envoy.ext_proc", index))
+        _host_port(check, text, _join("envoy.ext_proc", index))
+        endpoints.append(text)
+    numbers = {
+        key: check.integer(spec.get(key, getattr(defaults, key)), f"envoy.{key}", minimum=1)
+        for key in (
+            "message_timeout_ms",
+            "route_timeout_s",
+            "max_request_bytes",
+            "connect_timeout_ms",
+        )
+    }
+    return EnvoySettings(
+        listen=addresses["listen"], admin=addresses["admin"], ext_proc=tuple(endpoints), **numbers
     )

