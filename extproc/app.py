@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -75,6 +76,8 @@ class CascadeServer:
         for service in ("", EXT_PROC_SERVICE):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         self._watch = asyncio.create_task(self.store.watch(options.reload_interval))
+        # Everything loaded so far lives for the whole process: keep it out of the GC's scans.
+        gc.freeze()
         port_file = os.environ.get("CASCADE_PORT_FILE")
         if port_file:  # lets tests and tools bind port 0 and learn the port
             Path(port_file).write_text(str(self.port))
