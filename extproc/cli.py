@@ -8,7 +8,13 @@ import sys
 from collections.abc import Sequence
 
 #: Modules that add subcommands; imported at start, their heavy imports happen inside `run`.
-COMMAND_MODULES: tuple[str, ...] = ("extproc.cli_config", "extproc.cli_serve")
+COMMAND_MODULES: tuple[str, ...] = (
+    "extproc.cli_config",
+    "extproc.cli_serve",
+    "extproc.cli_render",
+    "extproc.cli_demo",
+    "extproc.cli_mock",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
