@@ -13,6 +13,7 @@ import http.client
 import json
 import os
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -249,7 +250,21 @@ async def run_demo(once: bool, listen_port: int, out: Callable[[str], None] = pr
             await demo.stop()
 
 
+def _available(port: int) -> int:
+    """`port` if it can be bound on loopback, else 0 (any free port)."""
+    if port == 0:
+        return 0
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            print(f"port {port} is busy; using a free port instead", file=sys.stderr)
+            return 0
+    return port
+
+
 def main(once: bool, listen_port: int) -> int:
+    listen_port = _available(listen_port)
     with contextlib.suppress(KeyboardInterrupt):
         return asyncio.run(run_demo(once, listen_port))
     print("\nstopped.", file=sys.stderr)
