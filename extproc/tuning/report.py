@@ -1,0 +1,480 @@
+"""Reports: a small document model rendered as a terminal table, Markdown or HTML; and JSON.
+
+A report is a list of blocks (headings, paragraphs, tables, figures). The terminal rendering
+leaves figures out; Markdown references them as SVG files written next to it; HTML inlines them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import textwrap
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from html import escape
+from pathlib import Path
+from typing import Any
+
+from extproc.tuning.evaluate import EvalResult, Sweep, SweepPoint
+from extproc.tuning.metrics import Metrics
+from extproc.tuning.svg import Axes, Series, confusion_svg, curve_svg
+
+# ---------------------------------------------------------------------------------------------
+# document model
+
+
+@dataclass(frozen=True, slots=True)
+class Heading:
+    text: str
+    level: int = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Para:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Code:
+    text: str
+    lang: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Table:
+    headers: Sequence[str]
+    rows: Sequence[Sequence[str]]
+
+
+@dataclass(frozen=True, slots=True)
+class Figure:
+    name: str  # file stem, unique within a report
+    title: str
+    svg: str
+
+
+Block = Heading | Para | Code | Table | Figure
+
+# ---------------------------------------------------------------------------------------------
+# number formats
+
+
+def pct(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.1f} %"
+
+
+def count(value: float) -> str:
+    return f"{value:,.0f}" if abs(value - round(value)) < 1e-9 else f"{value:,.1f}"
+
+
+def ratio(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3f}"
+
+
+def money(value: float | None) -> str:
+    if value is None:
+        return "—"
+    if value >= 100:
+        return f"${value:,.0f}"
+    return f"${value:.2f}" if value >= 1 else f"${value:.4f}"
+
+
+# ---------------------------------------------------------------------------------------------
+# the evaluation report
+
+
+def metric_rows(tiers: Sequence[str]) -> list[tuple[str, Callable[[Metrics], str]]]:
+    weak, strong = tiers[0], tiers[-1]
+    rows: list[tuple[str, Callable[[Metrics], str]]] = [
+        ("records", lambda m: count(m.records)),
+        ("labelled", lambda m: count(m.labelled)),
+        ("misroute", lambda m: pct(m.misroute)),
+        ("  under-routed (FN)", lambda m: count(m.under)),
+        ("  over-routed (FP)", lambda m: count(m.over)),
+        (f"precision {strong}", lambda m: pct(m.precision)),
+        (f"recall {strong}", lambda m: pct(m.recall)),
+        (f"F1 {strong}", lambda m: ratio(m.f1)),
+        (f"{weak} share", lambda m: pct(m.weak_share)),
+    ]
+    rows += [(f"{tier} share", _share_of(tier)) for tier in tiers[1:-1]]
+    rows += [
+        ("cost / 1k requests", lambda m: money(m.cost_per_1k)),
+        ("quality", lambda m: ratio(m.quality)),
+        ("quality retained", lambda m: pct(m.quality_retained)),
+        ("PGR", lambda m: ratio(m.pgr)),
+    ]
+    return rows
+
+
+def _share_of(tier: str) -> Callable[[Metrics], str]:
+    def get(metrics: Metrics) -> str:
+        return pct(metrics.shares.get(tier))
+
+    return get
+
+
+def metrics_table(columns: Sequence[Metrics], tiers: Sequence[str]) -> Table:
+    rows = []
+    for label, get in metric_rows(tiers):
+        cells = [get(m) for m in columns]
+        if all(c == "—" for c in cells):
+            continue
+        if label == "labelled" and all(m.labelled == m.records for m in columns):
+            continue
+        rows.append([label, *cells])
+    return Table(["", *(m.name for m in columns)], rows)
+
+
+def confusion_table(metrics: Metrics) -> Table:
+    tiers = metrics.tiers
+    rows = [[label, *(count(metrics.confusion[label][t]) for t in tiers)] for label in tiers]
+    return Table(["label \\ decision", *tiers], rows)
+
+
+def eval_blocks(result: EvalResult) -> list[Block]:
+    """The whole evaluation report."""
+    tiers = result.tiers
+    blocks: list[Block] = [Heading(f"cascade eval: {result.source}", 1), Para(_summary(result))]
+    if not result.predictors:
+        blocks.append(Para("No record could be decided: nothing to report."))
+        return blocks
+    columns = [result.overall[p] for p in result.predictors] + list(result.baselines.values())
+    blocks += [Heading("Figures"), metrics_table(columns, tiers)]
+    blocks += [Para(f"Note: {note}.") for note in result.notes]
+    blocks.append(Heading("Confusion matrices (rows: label, columns: decision)"))
+    for name in result.predictors:
+        metrics = result.overall[name]
+        if metrics.labelled:
+            blocks += [Para(f"`{name}`"), confusion_table(metrics)]
+            blocks.append(
+                Figure(
+                    f"confusion-{name}", f"{name}", confusion_svg(name, tiers, metrics.confusion)
+                )
+            )
+    for field_name, groups in result.breakdowns.items():
+        blocks += [Heading(f"By {field_name}"), breakdown_table(groups, result.predictors, tiers)]
+    if result.sweeps:
+        blocks += sweep_blocks(result)
+    return blocks
+
+
+def _summary(result: EvalResult) -> str:
+    read = result.read
+    first = result.overall[result.predictors[0]] if result.predictors else None
+    parts = [f"{read.records:,} records read"]
+    if first is not None and first.labelled:
+        top = result.tiers[-1]
+        positives = sum(first.confusion[top].values())
+        share = pct(positives / first.labelled)
+        parts.append(f"{count(first.labelled)} labelled ({top}: {count(positives)}, {share})")
+    if result.no_text:
+        parts.append(f"{result.no_text:,} without text (only a logged decision scored)")
+    if result.unknown_labels:
+        odd = ", ".join(f"{k!r} x{v}" for k, v in sorted(result.unknown_labels.items()))
+        parts.append(f"labels that are not tiers, treated as unlabelled: {odd}")
+    if read.summary():
+        parts.append(read.summary())
+    return f"{'; '.join(parts)}. Config: `{result.config}`."
+
+
+def breakdown_table(
+    groups: Sequence[tuple[str, dict[str, Metrics]]],
+    predictors: Sequence[str],
+    tiers: Sequence[str],
+) -> Table:
+    top, weak = tiers[-1], tiers[0]
+    headers = ["value", "records", f"{top} labels"]
+    for name in predictors:
+        headers += [f"{name} misroute", f"{name} {weak} share", f"{name} recall"]
+    rows = []
+    for value, by_predictor in groups:
+        first = next(iter(by_predictor.values()))
+        positives = sum(first.confusion[top].values())
+        row = [
+            value,
+            count(first.records),
+            pct(positives / first.labelled) if first.labelled else "—",
+        ]
+        for name in predictors:
+            m = by_predictor.get(name)
+            row += [pct(m.misroute), pct(m.weak_share), pct(m.recall)] if m else ["—"] * 3
+        rows.append(row)
+    return Table(headers, rows)
+
+
+def sweep_blocks(result: EvalResult) -> list[Block]:
+    tiers = result.tiers
+    blocks: list[Block] = [
+        Heading(f"Threshold sweep: {tiers[-1]} share vs quality"),
+        Para(
+            "Each version with its character rule replaced by `chars > t`, for t over the "
+            "quantiles of the lengths of requests no other rule sends up; the dot is the "
+            "version as configured."
+        ),
+    ]
+    blocks.append(sweep_figure(result, list(result.sweeps.values())))
+    for sweep in result.sweeps.values():
+        blocks += [
+            Para(f"`{sweep.version}` (configured: {_threshold(sweep.current)}, marked *)"),
+            sweep_table(sweep, tiers[-1]),
+        ]
+    return blocks
+
+
+def sweep_table(sweep: Sweep, top: str, rows: int = 12) -> Table:
+    """About `rows` evenly spaced points of the sweep, the configured one always included."""
+    points = list(sweep.points)
+    step = max(1, len(points) // rows)
+    shown = [
+        p
+        for i, p in enumerate(points)
+        if i % step == 0 or i == len(points) - 1 or p.threshold in (None, sweep.current)
+    ]
+    columns: list[tuple[str, Callable[[SweepPoint], str]]] = [
+        (f"{top} share", lambda p: pct(p.strong_share)),
+        ("misroute", lambda p: pct(p.misroute)),
+        ("quality", lambda p: ratio(p.quality)),
+        ("cost / 1k", lambda p: money(p.cost_per_1k)),
+    ]
+    columns = [(h, get) for h, get in columns if any(get(p) != "—" for p in shown)]
+    table = []
+    for point in shown:
+        name = "none" if point.threshold is None else f"> {point.threshold}"
+        mark = " *" if point.threshold == sweep.current else ""
+        table.append([name + mark, *(get(point) for _h, get in columns)])
+    return Table(["chars", *(h for h, _get in columns)], table)
+
+
+def _threshold(value: int | None) -> str:
+    return "no length rule" if value is None else f"chars > {value}"
+
+
+def sweep_figure(result: EvalResult, sweeps: Sequence[Sweep], name: str = "sweep") -> Figure:
+    """Strong share vs quality (or accuracy when records carry no per-model results)."""
+    top = result.tiers[-1]
+    has_quality = all(p.quality is not None for s in sweeps for p in s.points)
+
+    def y_of(quality: float | None, misroute: float | None) -> float:
+        if has_quality:
+            return quality or 0.0
+        return 1 - (misroute or 0.0)
+
+    series = []
+    for sweep in sweeps:
+        points = [(p.strong_share, y_of(p.quality, p.misroute)) for p in sweep.points]
+        op = sweep.operating
+        series.append(
+            Series(
+                sweep.version,
+                points,
+                [(op.strong_share, y_of(op.quality, op.misroute), sweep.version)],
+            )
+        )
+    base = result.baselines
+    weak_b = base.get(f"always-{result.tiers[0]}")
+    strong_b = base.get(f"always-{top}")
+    if weak_b and strong_b:
+        ends = [
+            (0.0, y_of(weak_b.quality, weak_b.misroute)),
+            (1.0, y_of(strong_b.quality, strong_b.misroute)),
+        ]
+        series.append(
+            Series(
+                "random",
+                ends,
+                [
+                    (x, y, label)
+                    for (x, y), label in zip(ends, ("all weak", "all strong"), strict=True)
+                ],
+                dashed=True,
+                color="#777",
+            )
+        )
+    axes = Axes(
+        title=f"{top} share vs {'quality' if has_quality else 'accuracy (1 - misroute)'}",
+        x_label=f"share of requests sent to {top}",
+        y_label="quality (routed model correct)" if has_quality else "1 - misroute",
+        x_range=(0.0, 1.0),
+    )
+    return Figure(name, axes.title, curve_svg(axes, series))
+
+
+# ---------------------------------------------------------------------------------------------
+# JSON
+
+
+def metrics_json(metrics: Metrics) -> dict[str, Any]:
+    data = dataclasses.asdict(metrics)
+    data["tiers"] = list(metrics.tiers)
+    data["weak_share"] = metrics.weak_share
+    data["strong_share"] = metrics.strong_share
+    return data
+
+
+def eval_json(result: EvalResult) -> dict[str, Any]:
+    return {
+        "source": result.source,
+        "config": result.config,
+        "tiers": list(result.tiers),
+        "read": dataclasses.asdict(result.read),
+        "no_text": result.no_text,
+        "unknown_labels": result.unknown_labels,
+        "weighted": result.weighted,
+        "notes": result.notes,
+        "seconds": round(result.seconds, 3),
+        "predictors": {n: metrics_json(result.overall[n]) for n in result.predictors},
+        "baselines": {n: metrics_json(m) for n, m in result.baselines.items()},
+        "breakdowns": {
+            f: [
+                {"value": v, "predictors": {n: metrics_json(m) for n, m in by.items()}}
+                for v, by in groups
+            ]
+            for f, groups in result.breakdowns.items()
+        },
+        "sweeps": {
+            v: {
+                "current": s.current,
+                "operating": dataclasses.asdict(s.operating),
+                "points": [dataclasses.asdict(p) for p in s.points],
+            }
+            for v, s in result.sweeps.items()
+        },
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# renderers
+
+
+def render_text(blocks: Sequence[Block]) -> str:
+    out: list[str] = []
+    for block in blocks:
+        if isinstance(block, Heading):
+            rule = "=" if block.level == 1 else "-"
+            out += ["", block.text, rule * min(len(block.text), 100)]
+        elif isinstance(block, Para):
+            out += textwrap.wrap(block.text.replace("`", ""), 100, break_on_hyphens=False)
+        elif isinstance(block, Code):
+            out += ["", *("  " + line for line in block.text.splitlines())]
+        elif isinstance(block, Table):
+            out += ["  " + line for line in _aligned(block)]
+    return "\n".join(out).lstrip("\n") + "\n"
+
+
+_NUMERIC = re.compile(r"^[-+]?[$]?[\d,.]+( ?%)?$|^—$|^$")
+
+
+def _numeric_columns(table: Table) -> list[bool]:
+    """Columns whose cells are all numbers (right-aligned); the first column never is."""
+    return [
+        index > 0 and all(_NUMERIC.match(row[index]) for row in table.rows)
+        for index in range(len(table.headers))
+    ]
+
+
+def _aligned(table: Table) -> list[str]:
+    grid = [list(table.headers), *(list(r) for r in table.rows)]
+    widths = [max(len(row[i]) for row in grid) for i in range(len(table.headers))]
+    right = _numeric_columns(table)
+    lines = []
+    for row in grid:
+        cells = [
+            c.rjust(w) if r else c.ljust(w) for c, w, r in zip(row, widths, right, strict=True)
+        ]
+        lines.append("  ".join(cells).rstrip())
+    return lines
+
+
+def render_markdown(blocks: Sequence[Block], figure_prefix: str) -> tuple[str, dict[str, str]]:
+    """Markdown text and the SVG files it links to (`<prefix>-<figure>.svg` -> content)."""
+    out: list[str] = []
+    files: dict[str, str] = {}
+    for block in blocks:
+        if isinstance(block, Heading):
+            out += ["#" * block.level + " " + block.text, ""]
+        elif isinstance(block, Para):
+            out += [block.text, ""]
+        elif isinstance(block, Code):
+            out += [f"```{block.lang}", block.text, "```", ""]
+        elif isinstance(block, Table):
+            out += [
+                _md_row(block.headers),
+                "|" + "|".join(["---"] + ["---:"] * (len(block.headers) - 1)) + "|",
+            ]
+            out += [_md_row(row) for row in block.rows]
+            out.append("")
+        else:
+            name = f"{figure_prefix}-{block.name}.svg"
+            files[name] = block.svg
+            out += [f"![{block.title}]({name})", ""]
+    return "\n".join(out), files
+
+
+def _md_row(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+
+_CODE = re.compile(r"`([^`]+)`")
+
+_CSS = (
+    "body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
+    "table{border-collapse:collapse;margin:.5em 0 1.2em}td,th{padding:3px 10px;"
+    "border-bottom:1px solid #ddd;text-align:left}.num{text-align:right}td:first-child{"
+    "white-space:pre}code{background:#f3f3f3;padding:0 3px}pre{background:#f6f6f6;padding:.8em;"
+    "overflow-x:auto}figure{margin:1em 0}"
+)
+
+
+def render_html(blocks: Sequence[Block], title: str) -> str:
+    out = [
+        "<!doctype html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{escape(title)}</title><style>{_CSS}</style></head><body>",
+    ]
+    for block in blocks:
+        if isinstance(block, Heading):
+            out.append(f"<h{block.level}>{_inline(block.text)}</h{block.level}>")
+        elif isinstance(block, Para):
+            out.append(f"<p>{_inline(block.text)}</p>")
+        elif isinstance(block, Code):
+            out.append(f"<pre><code>{escape(block.text)}</code></pre>")
+        elif isinstance(block, Table):
+            head = "".join(f"<th>{escape(h)}</th>" for h in block.headers)
+            body = "".join(
+                "<tr>" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>"
+                for row in block.rows
+            )
+            out.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+        else:
+            out.append(f"<figure>{block.svg}</figure>")
+    out.append("</body></html>")
+    return "\n".join(out) + "\n"
+
+
+def _align(right: bool) -> str:
+    return ' class="num"' if right else ""
+
+
+def _inline(text: str) -> str:
+    return _CODE.sub(r"<code>\1</code>", escape(text, quote=False))
+
+
+def write_report(path: Path, blocks: Sequence[Block], title: str) -> list[Path]:
+    """Write a report by file extension (.md, .html/.htm); returns every file written."""
+    suffix = path.suffix.lower()
+    if suffix in (".html", ".htm"):
+        path.write_text(render_html(blocks, title), encoding="utf-8")
+        return [path]
+    if suffix in (".md", ".markdown"):
+        text, files = render_markdown(blocks, path.stem)
+        path.write_text(text, encoding="utf-8")
+        written = [path]
+        for name, svg in files.items():
+            target = path.with_name(name)
+            target.write_text(svg + "\n", encoding="utf-8")
+            written.append(target)
+        return written
+    if suffix == ".txt":
+        path.write_text(render_text(blocks), encoding="utf-8")
+        return [path]
+    raise ValueError(f"unknown report format {suffix!r}: use .md, .html or .txt (or --json)")

@@ -1,0 +1,411 @@
+"""Labelling sheets: a seeded, stratified sample of traces as CSV, and reading it back.
+
+Every record gets a random key from `blake2b(seed, id)`, so the sample depends on the seed and
+the records, not on their order. Each record belongs to exactly one stratum, the first of:
+
+1. `suspect`: flagged `fn_suspect` or `fp_suspect` by the server (decision logs), on the request
+   record itself or by a later `kind: "feedback"` record with the same id (`feedback_suspects`
+   reads those in a first pass; feedback records are never rows themselves);
+2. `long`: among the longest requests (characters at or above the 95th percentile);
+3. `rare:<value>`: a value of the segment field (default `source`) under 5 % of records;
+4. `tier:<tier>`: by decided tier (the logged `tier` of a decision log, else the classifier's).
+
+A `tail` share of the sheet (default 30 %) goes to strata 1-3 in equal parts, the rest to the
+tiers in equal parts, so a tier that takes 3 % of traffic still gets half of the body rows: the
+sheet over-represents the tail and the minority tier on purpose. Each row carries a `weight`
+(estimated stratum population / rows drawn from it); `cascade eval --weight weight` turns the
+labelled sheet back into population estimates.
+
+Memory is bounded by the sheet size: per stratum only the candidates with the smallest keys are
+kept, plus a uniform reservoir of 20,000 (key, length, tier, flags) tuples to estimate the
+length percentile and the strata sizes.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import heapq
+import io
+from collections.abc import Iterable, Iterator, Sequence, Set
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import orjson
+
+from extproc.classify import classify
+from extproc.config import Classifier
+from extproc.tuning.dataset import Record
+
+TEXT_LIMIT = 2000
+RESERVOIR = 20_000
+SHEET_COLUMNS = (
+    "id",
+    "stratum",
+    "weight",
+    "decided_tier",
+    "decided_by",
+    "rule",
+    "keywords",
+    "chars",
+    "message_count",
+    "fn_suspect",
+    "fp_suspect",
+)
+LABEL_COLUMNS = ("text", "label", "note", "messages_json")
+
+
+@dataclass(frozen=True, slots=True)
+class SampleOptions:
+    n: int = 100
+    seed: int = 0
+    tail: float = 0.3
+    long_quantile: float = 0.95
+    rare_share: float = 0.05
+    segment: str | None = "source"
+
+
+@dataclass(slots=True)
+class _Item:
+    key: float
+    record: Record
+    tier: str
+    decided_by: str
+    rule: str
+    keywords: str
+    chars: int
+    suspect: bool
+    segment: str | None
+
+
+@dataclass(slots=True)
+class SampleRow:
+    item: _Item
+    stratum: str
+    weight: float
+
+
+@dataclass(slots=True)
+class SampleResult:
+    rows: list[SampleRow]
+    records: int
+    strata: dict[str, tuple[float, int]]  # stratum -> (estimated population, rows)
+    long_chars: int
+    rare: list[str] = field(default_factory=list)
+
+
+def record_key(seed: int, record_id: str) -> float:
+    digest = hashlib.blake2b(f"{seed}\x00{record_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+class _Smallest:
+    """The `size` items with the smallest keys seen so far."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._heap: list[tuple[float, int, Any]] = []
+        self._count = 0
+
+    def offer(self, key: float, value: Any) -> None:
+        self._count += 1
+        entry = (-key, self._count, value)
+        if len(self._heap) < self.size:
+            heapq.heappush(self._heap, entry)
+        elif -self._heap[0][0] > key:
+            heapq.heapreplace(self._heap, entry)
+
+    def values(self) -> list[Any]:
+        return [value for _k, _c, value in sorted(self._heap, key=lambda e: -e[0])]
+
+
+FEEDBACK = "feedback"
+
+
+def feedback_suspects(records: Iterable[Record]) -> set[str]:
+    """Ids that feedback records of a decision log flag as suspected misroutes."""
+    return {
+        r.id
+        for r in records
+        if r.get("kind") == FEEDBACK and (r.flag("fn_suspect") or r.flag("fp_suspect"))
+    }
+
+
+class Sampler:
+    def __init__(
+        self,
+        options: SampleOptions,
+        classifier: Classifier | None,
+        flagged: Set[str] = frozenset(),
+    ) -> None:
+        self.options = options
+        self.classifier = classifier
+        self.flagged = flagged
+        n = max(1, options.n)
+        self.records = 0
+        self.tiers: dict[str, _Smallest] = {}
+        self.suspects = _Smallest(2 * n)
+        self.longest: list[tuple[int, float, int, _Item]] = []  # min-heap by length
+        self.long_size = max(5 * n, 500)
+        self.segments: dict[str, _Smallest] = {}
+        self.segment_counts: dict[str, int] = {}
+        self.reservoir = _Smallest(RESERVOIR)
+
+    def add(self, record: Record) -> None:
+        if record.get("kind") == FEEDBACK:
+            return
+        item = self._item(record)
+        self.records += 1
+        n = max(1, self.options.n)
+        self.tiers.setdefault(item.tier, _Smallest(3 * n)).offer(item.key, item)
+        if item.suspect:
+            self.suspects.offer(item.key, item)
+        entry = (item.chars, -item.key, self.records, item)
+        if len(self.longest) < self.long_size:
+            heapq.heappush(self.longest, entry)
+        elif entry[:2] > self.longest[0][:2]:
+            heapq.heapreplace(self.longest, entry)
+        if item.segment is not None:
+            seen = self.segment_counts.get(item.segment)
+            if seen is not None or len(self.segment_counts) < 10_000:
+                self.segment_counts[item.segment] = (seen or 0) + 1
+                self.segments.setdefault(item.segment, _Smallest(2 * n)).offer(item.key, item)
+        self.reservoir.offer(item.key, (item.chars, item.tier, item.suspect, item.segment))
+
+    def _item(self, record: Record) -> _Item:
+        tier, decided_by, rule, keywords = "unknown", "", "", ""
+        chars = int(record.number("chars") or 0)
+        if record.logged_tier is not None:
+            tier, decided_by = record.logged_tier, "logged"
+            rule = str(record.get("rule") or "")
+            found = record.get("keywords")
+            keywords = " ".join(map(str, found)) if isinstance(found, list) else str(found or "")
+        elif record.chat is not None and self.classifier is not None:
+            decision = classify(record.chat, self.classifier)
+            tier, decided_by, rule = decision.tier, decision.classifier, decision.rule
+            keywords, chars = " ".join(decision.keywords), decision.chars
+        if record.chat is not None and not chars:
+            chars = sum(len(text) for _role, text in record.chat.messages)
+        segment = None
+        if self.options.segment:
+            value = record.get(self.options.segment)
+            segment = None if value is None or value == "" else str(value)
+        return _Item(
+            key=record_key(self.options.seed, record.id),
+            record=record,
+            tier=tier,
+            decided_by=decided_by,
+            rule=rule,
+            keywords=keywords,
+            chars=chars,
+            suspect=record.flag("fn_suspect")
+            or record.flag("fp_suspect")
+            or record.id in self.flagged,
+            segment=segment,
+        )
+
+    def select(self) -> SampleResult:
+        options = self.options
+        reservoir = self.reservoir.values()
+        lengths = sorted(meta[0] for meta in reservoir)
+        long_chars = (
+            lengths[min(len(lengths) - 1, int(options.long_quantile * len(lengths)))]
+            if lengths
+            else 0
+        )
+        long_chars = max(long_chars, 1)
+        rare = sorted(
+            v
+            for v, c in self.segment_counts.items()
+            if self.records and c / self.records < options.rare_share
+        )
+        rare_set = set(rare)
+
+        def stratum(chars: int, tier: str, suspect: bool, segment: str | None) -> str:
+            if suspect:
+                return "suspect"
+            if chars >= long_chars:
+                return "long"
+            if segment in rare_set:
+                return f"rare:{segment}"
+            return f"tier:{tier}"
+
+        scale = self.records / len(reservoir) if reservoir else 0.0
+        population: dict[str, float] = {}
+        for meta in reservoir:
+            name = stratum(*meta)
+            population[name] = population.get(name, 0.0) + scale
+        pools: dict[str, list[_Item]] = {}
+        candidates = [
+            *self.suspects.values(),
+            *(entry[3] for entry in self.longest),
+            *(item for value in rare for item in self.segments[value].values()),
+            *(item for heap in self.tiers.values() for item in heap.values()),
+        ]
+        seen_ids: set[int] = set()
+        for item in sorted(candidates, key=lambda i: i.key):
+            if id(item) not in seen_ids:
+                seen_ids.add(id(item))
+                name = stratum(item.chars, item.tier, item.suspect, item.segment)
+                pools.setdefault(name, []).append(item)
+        chosen = _allocate(pools, options)
+        rows = []
+        drawn: dict[str, int] = {}
+        for name, _item in chosen:
+            drawn[name] = drawn.get(name, 0) + 1
+        for name, item in chosen:
+            weight = max(population.get(name, 0.0), drawn[name]) / drawn[name]
+            rows.append(SampleRow(item, name, weight))
+        strata = {
+            name: (population.get(name, 0.0), drawn.get(name, 0))
+            for name in sorted(set(population) | set(drawn))
+        }
+        return SampleResult(rows, self.records, strata, long_chars, rare)
+
+
+def _allocate(pools: dict[str, list[_Item]], options: SampleOptions) -> list[tuple[str, _Item]]:
+    n = options.n
+    tail_groups = [["suspect"], ["long"], sorted(p for p in pools if p.startswith("rare:"))]
+    tail_groups = [[p for p in group if p in pools] for group in tail_groups]
+    tail_groups = [g for g in tail_groups if g]
+    tier_pools = sorted(p for p in pools if p.startswith("tier:"))
+    cursor = dict.fromkeys(pools, 0)
+    chosen: list[tuple[str, _Item]] = []
+
+    def take_round_robin(names: Sequence[str], quota: int) -> int:
+        taken = 0
+        while taken < quota:
+            progressed = False
+            for name in names:
+                if taken >= quota:
+                    break
+                if cursor[name] < len(pools[name]):
+                    chosen.append((name, pools[name][cursor[name]]))
+                    cursor[name] += 1
+                    taken += 1
+                    progressed = True
+            if not progressed:
+                break
+        return taken
+
+    tail_quota = round(n * options.tail) if tail_groups else 0
+    for index, group in enumerate(tail_groups):
+        share = (tail_quota - len(chosen)) // (len(tail_groups) - index)
+        take_round_robin(group, share)
+    take_round_robin(tier_pools, n - len(chosen))
+    take_round_robin(sorted(pools), n - len(chosen))
+    return chosen
+
+
+def sample(
+    records: Iterable[Record],
+    options: SampleOptions,
+    classifier: Classifier | None,
+    flagged: Set[str] = frozenset(),
+) -> SampleResult:
+    sampler = Sampler(options, classifier, flagged)
+    for record in records:
+        sampler.add(record)
+    return sampler.select()
+
+
+def _display_text(record: Record) -> str:
+    if record.chat is None:
+        return ""
+    text = "\n".join(f"[{role}] {content}" for role, content in record.chat.messages)
+    return text if len(text) <= TEXT_LIMIT else text[: TEXT_LIMIT - 1] + "…"
+
+
+def write_sheet(result: SampleResult, stream: IO[str], segment: str | None) -> None:
+    """The labelling sheet: one row per sampled record, `label` and `note` left empty."""
+    extra = [segment] if segment else []
+    writer = csv.writer(stream, lineterminator="\n")
+    writer.writerow([*SHEET_COLUMNS, *extra, *LABEL_COLUMNS])
+    for row in result.rows:
+        item = row.item
+        record = item.record
+        messages = ""
+        if record.chat is not None:
+            messages = orjson.dumps(
+                [{"role": r, "content": t} for r, t in record.chat.messages]
+            ).decode()
+        count = record.number("messages") if record.chat is None else len(record.chat.messages)
+        writer.writerow(
+            [
+                record.id,
+                row.stratum,
+                f"{row.weight:.4g}",
+                item.tier,
+                item.decided_by,
+                item.rule,
+                item.keywords,
+                item.chars,
+                "" if count is None else int(count),
+                str(record.flag("fn_suspect")).lower(),
+                str(record.flag("fp_suspect")).lower(),
+                *(item.segment or "" for _ in extra),
+                _display_text(record),
+                "",
+                "",
+                messages,
+            ]
+        )
+
+
+def sheet_text(result: SampleResult, segment: str | None) -> str:
+    buffer = io.StringIO()
+    write_sheet(result, buffer, segment)
+    return buffer.getvalue()
+
+
+@dataclass(slots=True)
+class SheetReadback:
+    records: list[dict[str, Any]]
+    unlabelled: int
+    invalid: list[tuple[str, str]]  # (id, label)
+    labels: dict[str, int]
+
+
+def read_sheet(records: Iterable[Record], tiers: Sequence[str]) -> SheetReadback:
+    """Labelled rows of a sheet as labelled-data records (JSON objects)."""
+    out: list[dict[str, Any]] = []
+    unlabelled = 0
+    invalid: list[tuple[str, str]] = []
+    labels: dict[str, int] = {}
+    for record in records:
+        if record.label is None:
+            unlabelled += 1
+            continue
+        if record.label not in tiers:
+            invalid.append((record.id, record.label))
+            continue
+        labels[record.label] = labels.get(record.label, 0) + 1
+        out.append(_labelled(record))
+    return SheetReadback(out, unlabelled, invalid, labels)
+
+
+def _labelled(record: Record) -> dict[str, Any]:
+    data: dict[str, Any] = {"id": record.id}
+    if record.chat is not None:
+        data["messages"] = [{"role": r, "content": t} for r, t in record.chat.messages]
+    data["label"] = record.label
+    for name, value in record.data.items():
+        if name in ("id", "label", "text", "messages_json", "messages") or value in (None, ""):
+            continue
+        if name in ("weight", "chars", "message_count"):
+            number = record.number(name)
+            data[name] = (
+                value if number is None else (int(number) if number.is_integer() else number)
+            )
+        elif name in ("fn_suspect", "fp_suspect"):
+            data[name] = record.flag(name)
+        else:
+            data[name] = value
+    if data.get("decided_by") == "logged" and "decided_tier" in data:
+        data["tier"] = data["decided_tier"]
+    return data
+
+
+def jsonl_lines(items: Iterable[dict[str, Any]]) -> Iterator[bytes]:
+    for item in items:
+        yield orjson.dumps(item) + b"\n"

@@ -1,0 +1,413 @@
+"""The tuner's search: thresholds, text scope, keyword removals and additions, as bit sets.
+
+The tuner handles versions of the usual shape (every enabled rule sends to one target tier, the
+default is another; v7 is one). Tunable: the text scope, the first keyword rule's keywords, and
+one `gt` threshold per kind (`chars`, `bytes`, `messages`), switched on, moved or off. Any other
+enabled rule is kept as it is.
+
+How: every labelled request is run once per text scope through `classify()` with a probe
+version whose keyword rule holds every current and candidate keyword, giving its length in
+characters and bytes, its message count and the keywords it contains. The search then scores a
+candidate as "target if a fixed rule, a keyword or a threshold matches" with bit sets over the
+records (microseconds per candidate), greedily taking the best single move (set a threshold,
+remove a keyword, add a keyword) until none improves the training score. The chosen version is
+then written as a config document, compiled by `compile_document`, and checked against
+`classify()` on every record: all reported figures come from `classify()`.
+
+Objective, in records of the training split:
+- with `--weak-share LO:HI`: first the SLO violation (records outside the band, plus misroutes
+  over `--max-misroute` when given), then misroutes, then the larger weak share;
+- with only `--max-misroute`: first the violation, then the largest weak share, then misroutes;
+- with neither: misroutes, then the larger weak share.
+A keyword is added only when it removes at least `min_gain` misroutes (or violation) on the
+training split; a keyword is removed only when that improves the score, so keywords the training
+data never shows (other languages, other domains) stay.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from extproc.classify import classify
+from extproc.config import RuleKind, Snapshot, TextScope
+from extproc.errors import CascadeError
+from extproc.tuning.candidates import Example, probe_hits
+from extproc.tuning.variants import binary_shape, compile_variant, is_enabled, version_spec
+
+THRESHOLD_KINDS = (RuleKind.CHARS.value, RuleKind.BYTES.value, RuleKind.MESSAGES.value)
+DEFAULT_NAMES = {
+    "keyword": "keyword",
+    "chars": "long_text",
+    "bytes": "long_bytes",
+    "messages": "many_messages",
+}
+SCOPES = tuple(s.value for s in TextScope)
+POOL_SIZE = 400
+
+
+class TuneError(CascadeError):
+    """The version cannot be tuned (its shape), or the data cannot support it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Objective:
+    max_misroute: float | None = None
+    weak_share: tuple[float, float] | None = None
+
+    def describe(self) -> str:
+        parts = []
+        if self.weak_share:
+            parts.append(
+                f"weak share {100 * self.weak_share[0]:.0f}-{100 * self.weak_share[1]:.0f} %"
+            )
+        if self.max_misroute is not None:
+            parts.append(f"misroute <= {100 * self.max_misroute:.1f} %")
+        slo = " and ".join(parts) or "none"
+        if self.weak_share:
+            goal = "minimise misroute within the band"
+        elif self.max_misroute is not None:
+            goal = "maximise weak share under the misroute ceiling"
+        else:
+            goal = "minimise misroute"
+        return f"SLO: {slo}; goal: {goal}"
+
+    def violation(self, n: int, misroutes: int, weak: int) -> float:
+        excess = 0.0
+        if self.weak_share:
+            low, high = self.weak_share[0] * n, self.weak_share[1] * n
+            excess += max(0.0, low - weak) + max(0.0, weak - high)
+        if self.max_misroute is not None:
+            excess += max(0.0, misroutes - self.max_misroute * n)
+        return excess
+
+    def score(self, n: int, misroutes: int, weak: int) -> tuple[float, float, float]:
+        violation = self.violation(n, misroutes, weak)
+        if self.weak_share or self.max_misroute is None:
+            return (violation, misroutes, -weak)
+        return (violation, -weak, misroutes)
+
+
+@dataclass(frozen=True, slots=True)
+class Params:
+    scope: str
+    keywords: tuple[str, ...]
+    gts: tuple[tuple[str, int | None], ...]  # (kind, gt or None when off), in THRESHOLD_KINDS order
+
+    def gt(self, kind: str) -> int | None:
+        return dict(self.gts)[kind]
+
+    def with_gt(self, kind: str, value: int | None) -> Params:
+        return Params(
+            self.scope, self.keywords, tuple((k, value if k == kind else v) for k, v in self.gts)
+        )
+
+
+@dataclass(slots=True)
+class Features:
+    """Everything the search needs about the records under one text scope, as bit sets."""
+
+    scope: str
+    positive: int
+    fixed: int
+    values: dict[str, list[int]]
+    keywords: dict[str, int]
+    candidates: dict[str, list[int]]
+    _masks: dict[tuple[str, int], int] = field(default_factory=dict)
+
+    def threshold(self, kind: str, gt: int | None) -> int:
+        if gt is None:
+            return 0
+        key = (kind, gt)
+        found = self._masks.get(key)
+        if found is None:
+            found = 0
+            for index, value in enumerate(self.values[kind]):
+                if value > gt:
+                    found |= 1 << index
+            self._masks[key] = found
+        return found
+
+    def keyword_mask(self, words: Sequence[str]) -> int:
+        mask = 0
+        for word in words:
+            mask |= self.keywords.get(word, 0)
+        return mask
+
+    def predict(self, params: Params) -> int:
+        mask = self.fixed | self.keyword_mask(params.keywords)
+        for kind, gt in params.gts:
+            mask |= self.threshold(kind, gt)
+        return mask
+
+
+@dataclass(slots=True)
+class Shape:
+    """Where the tunable parts sit in the base version's rule list."""
+
+    target: str
+    default: str
+    keyword_index: int | None
+    threshold_index: dict[str, int]
+    fixed_rules: list[dict[str, Any]]
+
+
+def analyse(snapshot: Snapshot, version: str) -> tuple[Shape, Params]:
+    classifier = snapshot.classifiers[version]
+    shape = binary_shape(classifier, snapshot.tier_names)
+    if shape is None:
+        raise TuneError(
+            f"version {version!r} has rules sending to several tiers (or to its default): "
+            "tune handles versions whose rules all send to one tier"
+        )
+    target, default = shape
+    spec = version_spec(snapshot, version)
+    keyword_index: int | None = None
+    thresholds: dict[str, int] = {}
+    fixed = []
+    for index, rule in enumerate(spec.get("rules", [])):
+        kind = rule["kind"]
+        if (
+            kind == "keyword"
+            and keyword_index is None
+            and is_enabled(rule)
+            and rule["tier"] == target
+        ):
+            keyword_index = index
+        elif (
+            kind in THRESHOLD_KINDS
+            and kind not in thresholds
+            and rule["tier"] == target
+            and "gt" in rule
+            and "lt" not in rule
+        ):
+            thresholds[kind] = index
+        elif is_enabled(rule):
+            fixed.append(rule)
+    rules = spec.get("rules", [])
+    words: tuple[str, ...] = ()
+    if keyword_index is not None:
+        words = tuple(dict.fromkeys(str(k).lower() for k in rules[keyword_index]["keywords"]))
+    gts = tuple(
+        (
+            kind,
+            int(rules[thresholds[kind]]["gt"])
+            if kind in thresholds and is_enabled(rules[thresholds[kind]])
+            else None,
+        )
+        for kind in THRESHOLD_KINDS
+    )
+    base = Params(classifier.text.value, words, gts)
+    return Shape(target, default, keyword_index, thresholds, fixed), base
+
+
+def features(
+    snapshot: Snapshot,
+    shape: Shape,
+    scope: str,
+    examples: Sequence[Example],
+    words: Sequence[str],
+    base: Params,
+) -> Features:
+    chats = [e.chat for e in examples]
+    hits = probe_hits(snapshot, scope, words, chats) if words else [() for _ in chats]
+    # lengths come from the same classify() call pattern: a probe decision carries them
+    probe = compile_variant(
+        snapshot, "lengths", {"text": scope, "default": shape.default, "rules": []}
+    )
+    decisions = [classify(chat, probe) for chat in chats]
+    fixed = 0
+    if shape.fixed_rules:
+        fixed_version = compile_variant(
+            snapshot,
+            "fixed",
+            {"text": scope, "default": shape.default, "rules": copy.deepcopy(shape.fixed_rules)},
+        )
+        for index, chat in enumerate(chats):
+            if classify(chat, fixed_version).tier == shape.target:
+                fixed |= 1 << index
+    positive = 0
+    keyword_masks: dict[str, int] = {}
+    for index, (example, found) in enumerate(zip(examples, hits, strict=True)):
+        if example.positive:
+            positive |= 1 << index
+        for word in found:
+            keyword_masks[word] = keyword_masks.get(word, 0) | (1 << index)
+    values = {
+        "chars": [d.chars for d in decisions],
+        "bytes": [d.bytes for d in decisions],
+        "messages": [d.messages for d in decisions],
+    }
+    candidates = {
+        kind: _threshold_candidates(values[kind], kind, base.gt(kind)) for kind in THRESHOLD_KINDS
+    }
+    return Features(scope, positive, fixed, values, keyword_masks, candidates)
+
+
+def _nice(value: int) -> int:
+    """Round to two significant digits (487 -> 490, 1234 -> 1200) for readable thresholds."""
+    if value < 100:
+        return value
+    digits = len(str(value)) - 2
+    return round(value, -digits)
+
+
+def _threshold_candidates(values: Sequence[int], kind: str, current: int | None) -> list[int]:
+    ordered = sorted(values)
+    found: set[int] = set()
+    if ordered:
+        if kind == "messages":
+            found.update(v for v in set(ordered) if v <= 50)
+        else:
+            for step in range(1, 40):
+                found.add(_nice(ordered[step * (len(ordered) - 1) // 40]))
+    if current is not None:
+        found.add(current)
+    return sorted(found)
+
+
+@dataclass(frozen=True, slots=True)
+class State:
+    params: Params
+    score: tuple[float, float, float]
+    misroutes: int
+    weak: int
+
+
+@dataclass(slots=True)
+class SearchResult:
+    state: State
+    n: int
+    moves: list[str]
+
+    @property
+    def feasible(self) -> bool:
+        return self.state.score[0] == 0
+
+
+def wilson_lower(good: int, total: int, z: float = 1.96) -> float:
+    """Lower bound of the 95 % confidence interval of a proportion (Wilson score interval)."""
+    if total == 0:
+        return 0.0
+    p = good / total
+    centre = p + z * z / (2 * total)
+    margin = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total))
+    return (centre - margin) / (1 + z * z / total)
+
+
+def pool_for(data: Features, subset: int, words: Sequence[str], min_count: int) -> list[str]:
+    """Keywords worth trying: in at least `min_count` target records of the subset, and right
+    (target-labelled) in more than half the records they match, with 95 % confidence."""
+    positive = data.positive & subset
+    ranked = []
+    for word in words:
+        mask = data.keywords.get(word, 0) & subset
+        hits = mask.bit_count()
+        good = (mask & positive).bit_count()
+        if good >= min_count and wilson_lower(good, hits) > 0.5:
+            ranked.append((-good, word))
+    return [word for _good, word in sorted(ranked)[:POOL_SIZE]]
+
+
+def search(
+    data: Features,
+    subset: int,
+    start: Params,
+    pool: Sequence[str],
+    objective: Objective,
+    *,
+    min_gain: int = 2,
+    max_new_keywords: int = 30,
+    max_moves: int = 200,
+) -> SearchResult:
+    """Greedy best-move descent from `start`, scored on the records in `subset`."""
+    n = subset.bit_count()
+    positive = data.positive & subset
+
+    def state(params: Params, pred: int) -> State:
+        pred &= subset
+        misroutes = (positive & ~pred).bit_count() + (pred & ~positive).bit_count()
+        weak = n - pred.bit_count()
+        return State(params, objective.score(n, misroutes, weak), misroutes, weak)
+
+    current = state(start, data.predict(start))
+    original = set(start.keywords)
+    moves: list[str] = []
+    for _ in range(max_moves):
+        options = _moves(data, current.params, pool, original, max_new_keywords)
+        best: tuple[State, str] | None = None
+        for params, pred, label, adds in options:
+            candidate = state(params, pred)
+            if adds and not _gains(current.score, candidate.score, min_gain):
+                continue
+            if label.startswith("remove") and not candidate.score[:2] < current.score[:2]:
+                continue
+            if candidate.score < current.score and (
+                best is None or candidate.score < best[0].score
+            ):
+                best = (candidate, label)
+        if best is None:
+            break
+        after, label = best
+        moves.append(
+            f"{label}: misroutes {current.misroutes} -> {after.misroutes}, "
+            f"weak {current.weak} -> {after.weak} of {n}"
+        )
+        current = after
+    return SearchResult(current, n, moves)
+
+
+def _moves(
+    data: Features, params: Params, pool: Sequence[str], original: set[str], max_new: int
+) -> list[tuple[Params, int, str, bool]]:
+    """Every single-step change of `params`, with its prediction bit set."""
+    found: list[tuple[Params, int, str, bool]] = []
+    keyword_mask = data.keyword_mask(params.keywords)
+    thresholds = {kind: data.threshold(kind, gt) for kind, gt in params.gts}
+    for kind, gt in params.gts:
+        others = data.fixed | keyword_mask
+        for other_kind, mask in thresholds.items():
+            if other_kind != kind:
+                others |= mask
+        for value in [None, *data.candidates[kind]]:
+            if value != gt:
+                label = f"{kind} rule {'off' if value is None else f'> {value}'}"
+                found.append(
+                    (
+                        params.with_gt(kind, value),
+                        others | data.threshold(kind, value),
+                        label,
+                        False,
+                    )
+                )
+    base = data.fixed
+    for mask in thresholds.values():
+        base |= mask
+    for word in params.keywords:
+        kept = tuple(w for w in params.keywords if w != word)
+        found.append(
+            (
+                Params(params.scope, kept, params.gts),
+                base | data.keyword_mask(kept),
+                f"remove keyword {word!r}",
+                False,
+            )
+        )
+    if len(set(params.keywords) - original) < max_new:
+        whole = base | keyword_mask
+        for word in pool:
+            if word not in params.keywords and word in data.keywords:
+                added = Params(params.scope, (*params.keywords, word), params.gts)
+                found.append((added, whole | data.keywords[word], f"add keyword {word!r}", True))
+    return found
+
+
+def _gains(
+    before: tuple[float, float, float], after: tuple[float, float, float], min_gain: int
+) -> bool:
+    if before[0] - after[0] >= min_gain:
+        return True
+    return after[0] <= before[0] and before[1] - after[1] >= min_gain
