@@ -1,0 +1,236 @@
+"""What classification costs on the request path, measured through the real Envoy.
+
+Three stacks, same machine, same run, 4 KB chat bodies, routes answering with
+`direct_response` so no upstream adds noise:
+
+- floor: Envoy alone (buffer filter + direct_response);
+- pass-through: Envoy + a minimal grpc.aio ext_proc (bench/passthrough_extproc.py);
+- cascade: Envoy + `cascade serve` (v7 classification, tier header, route re-match).
+
+Load: wrk (Debian package) at 1 and 16 connections. Reported: req/s, p50, p99, latency added
+over the floor, and the ext_proc server's CPU per request (from /proc).
+
+    .venv/bin/python bench/bench_gateway.py [--seconds 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from extproc.config import DEFAULT_CONFIG, load_snapshot
+from extproc.envoy_render import TYPE, bootstrap
+
+BIN = Path(sys.executable).parent
+HERE = Path(__file__).resolve().parent
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def body_4k() -> bytes:
+    filler = "Explain what this function returns for empty input, 빈 입력, 空输入. "
+    text = (filler * 80)[:3900]
+    return json.dumps(
+        {"model": "auto", "messages": [{"role": "user", "content": text}]}, ensure_ascii=False
+    ).encode()[:4096]
+
+
+def envoy_config(listen: int, admin: int, extproc_port: int | None) -> dict[str, Any]:
+    snapshot = load_snapshot(DEFAULT_CONFIG)
+    config = bootstrap(snapshot)
+    config["admin"]["address"]["socket_address"]["port_value"] = admin
+    listener = config["static_resources"]["listeners"][0]
+    listener["address"]["socket_address"] = {"address": "127.0.0.1", "port_value": listen}
+    hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    hcm.pop("access_log", None)
+    for route in hcm["route_config"]["virtual_hosts"][0]["routes"]:
+        name = route["name"]
+        route.pop("route")
+        route.pop("response_headers_to_add", None)
+        route["direct_response"] = {"status": 200, "body": {"inline_string": name}}
+    clusters = config["static_resources"]["clusters"]
+    if extproc_port is None:
+        hcm["http_filters"][0] = {
+            "name": "envoy.filters.http.buffer",
+            "typed_config": {
+                "@type": TYPE + "envoy.extensions.filters.http.buffer.v3.Buffer",
+                "max_request_bytes": 16 * 1024 * 1024,
+            },
+        }
+        config["static_resources"]["clusters"] = []
+    else:
+        endpoint = clusters[0]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
+        endpoint["endpoint"]["address"]["socket_address"]["port_value"] = extproc_port
+        config["static_resources"]["clusters"] = clusters[:1]
+    return config
+
+
+@contextlib.contextmanager
+def process(args: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    with log.open("wb") as out:
+        proc = subprocess.Popen(args, stdout=out, stderr=out)
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def wait_port(port: int, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"port {port} did not open")
+
+
+def wrk(port: int, connections: int, seconds: int, script: Path) -> dict[str, float]:
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "--latency",
+            "-s",
+            str(script),
+            f"http://127.0.0.1:{port}/v1/chat/completions",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+        check=True,
+    ).stdout
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
+        "p50_ms": _ms(re.search(r"50%\s+([\d.]+\w+)", out).group(1)),  # type: ignore[union-attr]
+        "p99_ms": _ms(re.search(r"99%\s+([\d.]+\w+)", out).group(1)),  # type: ignore[union-attr]
+        "requests": float(re.search(r"(\d+) requests in", out).group(1)),  # type: ignore[union-attr]
+        "non2xx": float(m.group(1)) if (m := re.search(r"Non-2xx.*?(\d+)", out)) else 0.0,
+    }
+
+
+def _ms(text: str) -> float:
+    value, unit = re.match(r"([\d.]+)(\w+)", text).groups()  # type: ignore[union-attr]
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def run_stack(name: str, tmp: Path, seconds: int, script: Path) -> dict[int, dict[str, float]]:
+    listen, admin = free_port(), free_port()
+    server_args: list[str] | None = None
+    extproc_port = None
+    if name != "floor":
+        extproc_port = free_port()
+        if name == "pass-through":
+            server_args = [sys.executable, str(HERE / "passthrough_extproc.py"), str(extproc_port)]
+        else:
+            server_args = [
+                str(BIN / "cascade"),
+                "serve",
+                "--listen",
+                f"127.0.0.1:{extproc_port}",
+                "--log-level",
+                "warning",
+            ]
+    config_path = tmp / f"envoy-{name}.yaml"
+    config_path.write_text(yaml.safe_dump(envoy_config(listen, admin, extproc_port)))
+    results: dict[int, dict[str, float]] = {}
+    with contextlib.ExitStack() as stack:
+        server = None
+        if server_args:
+            server = stack.enter_context(process(server_args, tmp / f"{name}-server.log"))
+            assert extproc_port is not None
+            wait_port(extproc_port)
+        envoy_args = [
+            str(BIN / "envoy"),
+            "-c",
+            str(config_path),
+            "--concurrency",
+            "1",
+            "--use-dynamic-base-id",
+            "--log-level",
+            "error",
+        ]
+        stack.enter_context(process(envoy_args, tmp / f"{name}-envoy.log"))
+        wait_port(listen)
+        time.sleep(2.5)  # first health check of the ext_proc cluster
+        wrk(listen, 4, 2, script)  # warm-up
+        for connections in (1, 16):
+            before = cpu_seconds(server.pid) if server else 0.0
+            figures = wrk(listen, connections, seconds, script)
+            if server:
+                used = cpu_seconds(server.pid) - before
+                figures["server_cpu_us"] = used / max(figures["requests"], 1) * 1e6
+            results[connections] = figures
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=int, default=10)
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        raise SystemExit("wrk is needed: apt-get install wrk")
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        body = tmp / "body.json"
+        body.write_bytes(body_4k())
+        script = tmp / "post.lua"
+        script.write_text(
+            'wrk.method = "POST"\n'
+            'wrk.headers["content-type"] = "application/json"\n'
+            f'local f = io.open("{body}", "rb")\nwrk.body = f:read("*a")\nf:close()\n'
+        )
+        results = {
+            name: run_stack(name, tmp, args.seconds, script)
+            for name in ("floor", "pass-through", "cascade")
+        }
+    print(json.dumps(results, indent=1))
+    floor = results["floor"]
+    print(
+        f"\n{'stack':<13} {'conns':>5} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} "
+        f"{'+p50':>6} {'+p99':>6} {'srv CPU µs/req':>14}"
+    )
+    for name, by_conn in results.items():
+        for conns, f in by_conn.items():
+            print(
+                f"{name:<13} {conns:>5} {f['rps']:>8.0f} {f['p50_ms']:>7.2f} {f['p99_ms']:>7.2f} "
+                f"{f['p50_ms'] - floor[conns]['p50_ms']:>6.2f} "
+                f"{f['p99_ms'] - floor[conns]['p99_ms']:>6.2f} "
+                f"{f.get('server_cpu_us', 0):>14.0f}"
+            )
+    ratio = results["cascade"][16]["rps"] / results["pass-through"][16]["rps"]
+    print(f"\ncascade / pass-through req/s at 16 connections: {ratio:.1%}")
+
+
+if __name__ == "__main__":
+    main()
