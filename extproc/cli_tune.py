@@ -125,18 +125,21 @@ def _summary(rev: Review, written: list[str], notes: list[str], config: str) -> 
     fixed = sum(c.effect == "fixed" for c in rev.changes)
     broken = sum(c.effect == "broken" for c in rev.changes)
     slo_train = "met" if result.fit.feasible else "NOT met"
-    mode = result.mode.replace("holdout", "hold-out")
+    fitted = {
+        "holdout": f"fitted on {len(result.train):,}, {len(result.test):,} held out",
+        "cv": f"{len(result.folds)}-fold cross-validation, then fitted on all",
+        "in-sample": "fitted on all, no hold-out",
+    }[result.mode]
     slo_held = "met" if rev.feasible_held_out else "NOT met"
     blocks: list[Block] = [
         Heading(f"cascade tune: {result.base} -> {result.version} ({config})"),
         Para(
-            f"{len(result.records):,} labelled records from {result.options.source}; {mode}: "
-            f"trained on {len(result.train):,}, figures on {rev.held_out_name} "
-            f"({len(result.test):,}). {result.options.objective.describe()}. SLO on training: "
-            f"{slo_train}; on {rev.held_out_name}: {slo_held}."
+            f"{len(result.records):,} labelled records from {result.options.source}; {fitted}. "
+            f"{result.options.objective.describe()}. SLO on the training data: {slo_train}; "
+            f"on {rev.held_out_name}: {slo_held}."
         ),
         rule_changes(result),
-        Para(f"Figures on the {rev.held_out_name}:"),
+        Para(f"Figures on {rev.held_out_name}:"),
         metrics_table(columns, result.snapshot.tier_names),
         Para(
             f"{len(rev.changes):,} requests change tier there: {fixed:,} fixed, {broken:,} broken."

@@ -135,6 +135,11 @@ def _register_sample(sub: Any) -> None:
         "--classifier", metavar="V", help="version deciding records with no logged tier"
     )
     sa.add_argument(
+        "--blind",
+        action="store_true",
+        help="leave the router's decision out of the sheet, so it cannot anchor the labeller",
+    )
+    sa.add_argument(
         "--read-sheet",
         type=Path,
         metavar="SHEET",
@@ -345,11 +350,11 @@ def run_sample(args: argparse.Namespace) -> int:
     classifier = snapshot.classifiers[version_or_exit(snapshot, args.classifier)]
     options = SampleOptions(n=args.n, seed=args.seed, tail=args.tail, segment=args.segment or None)
     stats = ReadStats()
-    flagged: set[str] = set()
+    flagged: dict[str, str] = {}
     if "-" not in args.data:  # files can be read twice: first for feedback-flagged ids
         flagged = feedback_suspects(read_all(args.data, ReadStats()))
     result = sample(read_all(args.data, stats), options, classifier, flagged)
-    text = sheet_text(result, options.segment)
+    text = sheet_text(result, options.segment, blind=args.blind)
     if args.output:
         args.output.write_text(text, encoding="utf-8")
     else:
@@ -440,11 +445,17 @@ def run_candidates(args: argparse.Namespace) -> int:
             f"{result.default}). fixes: false negatives containing the term; new FP: "
             f"{result.default}-labelled records it would send up; net: misroutes removed."
         ),
-        Table(
-            ["term", "lang", "fixes", result.target, result.default, "precision", "new FP", "net"],
-            [_candidate_row(c) for c in shown],
-        ),
     ]
+    if shown:
+        headers = ["term", "lang", "fixes", result.target, result.default, "precision", "new FP"]
+        blocks.append(Table([*headers, "net"], [_candidate_row(c) for c in shown]))
+    else:
+        blocks.append(
+            Para(
+                f"No candidate{' in ' + ', '.join(sorted(args.lang)) if args.lang else ''} "
+                f"occurs in {args.min_count} or more false negatives (--min-count)."
+            )
+        )
     if result.keywords:
         blocks += [
             Heading(f"Current keywords of {version} (what removing each would change)"),

@@ -72,11 +72,12 @@ def ratio(value: float | None) -> str:
 
 
 def money(value: float | None) -> str:
+    """Dollars to three significant digits: $0.0671, $0.922, $1.10, $12.3, $1,234."""
     if value is None:
         return "—"
-    if value >= 100:
+    if round(value, 1) >= 100:
         return f"${value:,.0f}"
-    return f"${value:.2f}" if value >= 1 else f"${value:.4f}"
+    return f"${value:#.3g}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -288,6 +289,7 @@ def sweep_figure(result: EvalResult, sweeps: Sequence[Sweep], name: str = "sweep
                 ],
                 dashed=True,
                 color="#777",
+                below=True,
             )
         )
     axes = Axes(
@@ -397,10 +399,8 @@ def render_markdown(blocks: Sequence[Block], figure_prefix: str) -> tuple[str, d
         elif isinstance(block, Code):
             out += [f"```{block.lang}", block.text, "```", ""]
         elif isinstance(block, Table):
-            out += [
-                _md_row(block.headers),
-                "|" + "|".join(["---"] + ["---:"] * (len(block.headers) - 1)) + "|",
-            ]
+            marks = ["---:" if right else "---" for right in _numeric_columns(block)]
+            out += [_md_row(block.headers), "|" + "|".join(marks) + "|"]
             out += [_md_row(row) for row in block.rows]
             out.append("")
         else:

@@ -102,11 +102,7 @@ def review(
             (result.records[i] for i in indices), evaluator, name, ReadStats(records=len(indices))
         )
 
-    name = {
-        "holdout": "held-out split",
-        "cv": "all records (in-sample)",
-        "in-sample": "all records (in-sample)",
-    }[result.mode]
+    name = "the held-out split" if result.mode == "holdout" else "all records (in-sample)"
     changes = []
     base, new = result.base_classifier, result.new_classifier
     for record in held:
@@ -205,13 +201,13 @@ def review_blocks(rev: Review) -> list[Block]:
         Heading(f"cascade tune: {result.base} -> {result.version}", 1),
         Para(
             f"Data: {data}, {len(result.records):,} labelled records with text; {split}. "
-            f"{options.objective.describe()}. SLO on the training data: {verdict}; on the "
+            f"{options.objective.describe()}. SLO on the training data: {verdict}; on "
             f"{rev.held_out_name}: {held_verdict}."
         ),
         Heading("Rule changes"),
         rule_changes(result),
         Code(_diff(result), "diff"),
-        Heading(f"Before / after on the {rev.held_out_name} ({count_text(held)})"),
+        Heading(f"Before / after on {rev.held_out_name} ({count_text(held)})"),
         metrics_table([before, after, *held.baselines.values()], tiers),
     ]
     blocks += [Para(f"Note: {note}.") for note in held.notes]

@@ -27,7 +27,7 @@ import csv
 import hashlib
 import heapq
 import io
-from collections.abc import Iterable, Iterator, Sequence, Set
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -39,20 +39,11 @@ from extproc.tuning.dataset import Record
 
 TEXT_LIMIT = 2000
 RESERVOIR = 20_000
-SHEET_COLUMNS = (
-    "id",
-    "stratum",
-    "weight",
-    "decided_tier",
-    "decided_by",
-    "rule",
-    "keywords",
-    "chars",
-    "message_count",
-    "fn_suspect",
-    "fp_suspect",
-)
-LABEL_COLUMNS = ("text", "label", "note", "messages_json")
+#: What the labeller fills in comes first; what the tools need to read the sheet back last.
+LABEL_COLUMNS = ("id", "text", "label", "note")
+#: How the row was drawn and how the router decided it (left out of a blind sheet).
+DECISION_COLUMNS = ("stratum", "decided_tier", "decided_by", "rule", "keywords")
+META_COLUMNS = ("weight", "chars", "message_count", "suspect")
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +65,7 @@ class _Item:
     rule: str
     keywords: str
     chars: int
-    suspect: bool
+    suspect: str  # "", "fn", "fp" or "fn+fp"
     segment: str | None
 
 
@@ -122,13 +113,15 @@ class _Smallest:
 FEEDBACK = "feedback"
 
 
-def feedback_suspects(records: Iterable[Record]) -> set[str]:
-    """Ids that feedback records of a decision log flag as suspected misroutes."""
-    return {
-        r.id
-        for r in records
-        if r.get("kind") == FEEDBACK and (r.flag("fn_suspect") or r.flag("fp_suspect"))
-    }
+def suspicion(record: Record) -> str:
+    """`fn`, `fp`, `fn+fp` or "" from a record's `fn_suspect` and `fp_suspect` flags."""
+    kinds = [k for k in ("fn", "fp") if record.flag(f"{k}_suspect")]
+    return "+".join(kinds)
+
+
+def feedback_suspects(records: Iterable[Record]) -> dict[str, str]:
+    """Ids that feedback records of a decision log flag as suspected misroutes, and how."""
+    return {r.id: s for r in records if r.get("kind") == FEEDBACK and (s := suspicion(r))}
 
 
 class Sampler:
@@ -136,11 +129,11 @@ class Sampler:
         self,
         options: SampleOptions,
         classifier: Classifier | None,
-        flagged: Set[str] = frozenset(),
+        flagged: Mapping[str, str] | None = None,
     ) -> None:
         self.options = options
         self.classifier = classifier
-        self.flagged = flagged
+        self.flagged = flagged or {}
         n = max(1, options.n)
         self.records = 0
         self.tiers: dict[str, _Smallest] = {}
@@ -198,9 +191,7 @@ class Sampler:
             rule=rule,
             keywords=keywords,
             chars=chars,
-            suspect=record.flag("fn_suspect")
-            or record.flag("fp_suspect")
-            or record.id in self.flagged,
+            suspect=suspicion(record) or self.flagged.get(record.id, ""),
             segment=segment,
         )
 
@@ -221,7 +212,7 @@ class Sampler:
         )
         rare_set = set(rare)
 
-        def stratum(chars: int, tier: str, suspect: bool, segment: str | None) -> str:
+        def stratum(chars: int, tier: str, suspect: str, segment: str | None) -> str:
             if suspect:
                 return "suspect"
             if chars >= long_chars:
@@ -301,7 +292,7 @@ def sample(
     records: Iterable[Record],
     options: SampleOptions,
     classifier: Classifier | None,
-    flagged: Set[str] = frozenset(),
+    flagged: Mapping[str, str] | None = None,
 ) -> SampleResult:
     sampler = Sampler(options, classifier, flagged)
     for record in records:
@@ -316,12 +307,19 @@ def _display_text(record: Record) -> str:
     return text if len(text) <= TEXT_LIMIT else text[: TEXT_LIMIT - 1] + "…"
 
 
-def write_sheet(result: SampleResult, stream: IO[str], segment: str | None) -> None:
-    """The labelling sheet: one row per sampled record, `label` and `note` left empty."""
-    extra = [segment] if segment else []
+def write_sheet(
+    result: SampleResult, stream: IO[str], segment: str | None, *, blind: bool = False
+) -> None:
+    """The labelling sheet, rows in random order; `label` and `note` are left empty.
+
+    `blind` leaves out the router's decision (and the stratum, which names it), so that it
+    cannot anchor the labeller; the logged decision then cannot be scored from the sheet.
+    """
+    decision = () if blind else DECISION_COLUMNS
+    extra = (segment,) if segment else ()
     writer = csv.writer(stream, lineterminator="\n")
-    writer.writerow([*SHEET_COLUMNS, *extra, *LABEL_COLUMNS])
-    for row in result.rows:
+    writer.writerow([*LABEL_COLUMNS, *decision, *META_COLUMNS, *extra, "messages_json"])
+    for row in sorted(result.rows, key=lambda r: r.item.key):
         item = row.item
         record = item.record
         messages = ""
@@ -330,31 +328,30 @@ def write_sheet(result: SampleResult, stream: IO[str], segment: str | None) -> N
                 [{"role": r, "content": t} for r, t in record.chat.messages]
             ).decode()
         count = record.number("messages") if record.chat is None else len(record.chat.messages)
+        decided = [row.stratum, item.tier, item.decided_by, item.rule, item.keywords]
+        meta = [
+            f"{row.weight:.4g}",
+            item.chars,
+            "" if count is None else int(count),
+            item.suspect,
+        ]
         writer.writerow(
             [
                 record.id,
-                row.stratum,
-                f"{row.weight:.4g}",
-                item.tier,
-                item.decided_by,
-                item.rule,
-                item.keywords,
-                item.chars,
-                "" if count is None else int(count),
-                str(record.flag("fn_suspect")).lower(),
-                str(record.flag("fp_suspect")).lower(),
-                *(item.segment or "" for _ in extra),
                 _display_text(record),
                 "",
                 "",
+                *([] if blind else decided),
+                *meta,
+                *(item.segment or "" for _ in extra),
                 messages,
             ]
         )
 
 
-def sheet_text(result: SampleResult, segment: str | None) -> str:
+def sheet_text(result: SampleResult, segment: str | None, *, blind: bool = False) -> str:
     buffer = io.StringIO()
-    write_sheet(result, buffer, segment)
+    write_sheet(result, buffer, segment, blind=blind)
     return buffer.getvalue()
 
 
@@ -397,8 +394,6 @@ def _labelled(record: Record) -> dict[str, Any]:
             data[name] = (
                 value if number is None else (int(number) if number.is_integer() else number)
             )
-        elif name in ("fn_suspect", "fp_suspect"):
-            data[name] = record.flag(name)
         else:
             data[name] = value
     if data.get("decided_by") == "logged" and "decided_tier" in data:

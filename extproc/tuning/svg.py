@@ -78,6 +78,8 @@ class Series:
     marks: Sequence[tuple[float, float, str]] = ()
     dashed: bool = False
     color: str = ""
+    #: Captions under the points instead of above (keeps baselines clear of versions).
+    below: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,9 +172,10 @@ def curve_svg(axes: Axes, series: Sequence[Series]) -> str:
         for x, y, caption in item.marks:
             right_half = px(x) > left + plot_w * 0.7
             anchor, dx = ("end", -7) if right_half else ("start", 7)
+            dy = 17 if item.below else -7
             parts.append(
                 f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="4.5" fill="{color}"/>'
-                f'<text x="{px(x) + dx:.1f}" y="{py(y) - 7:.1f}" text-anchor="{anchor}">'
+                f'<text x="{px(x) + dx:.1f}" y="{py(y) + dy:.1f}" text-anchor="{anchor}">'
                 f"{escape(caption)}</text>"
             )
         legend_y = top + 14 + index * 18

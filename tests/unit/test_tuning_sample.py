@@ -101,7 +101,8 @@ def test_sheet_csv_round_trip(default_snapshot: Snapshot, tmp_path: Path) -> Non
     text = sheet_text(result, "source")
     rows = list(csv.DictReader(io.StringIO(text)))
     assert len(rows) == 12
-    assert list(rows[0])[-4:] == ["text", "label", "note", "messages_json"]
+    assert list(rows[0])[:4] == ["id", "text", "label", "note"]
+    assert list(rows[0])[-1] == "messages_json"
     assert all(r["text"].startswith("[") for r in rows)  # never a spreadsheet formula
     for index, row in enumerate(rows):
         row["label"] = "strong" if index % 2 else "weak"
@@ -154,8 +155,17 @@ def test_feedback_records_flag_their_request_as_suspect(default_snapshot: Snapsh
     ]
     items = [*log, *feedback]  # feedback comes after the request it judges
     flagged = feedback_suspects(records(items))
-    assert flagged == {"req-5", "req-6", "req-7"}
+    assert flagged == {"req-5": "fn", "req-6": "fn", "req-7": "fn"}
     result = sample(records(items), options(n=40), None, flagged)
     suspects = sorted(r.item.record.id for r in result.rows if r.stratum == "suspect")
     assert suspects == ["req-5", "req-6", "req-7"]
     assert all(r.item.record.get("kind") != "feedback" for r in result.rows)
+    rows = list(csv.DictReader(io.StringIO(sheet_text(result, None))))
+    assert sorted(r["id"] for r in rows if r["suspect"] == "fn") == suspects
+
+
+def test_blind_sheet_hides_the_decision(default_snapshot: Snapshot) -> None:
+    result = sample(records(traces(100)), options(n=10), None)
+    blind = list(csv.DictReader(io.StringIO(sheet_text(result, "source", blind=True))))
+    assert not {"decided_tier", "stratum", "rule", "keywords"} & set(blind[0])
+    assert {"id", "text", "label", "weight", "source"} <= set(blind[0])
