@@ -15,9 +15,14 @@ import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from extproc.api import SERVICE as CASCADE_SERVICE
+from extproc.api import CascadeService, add_to_server
+from extproc.metrics import Metrics, MetricsServer
 from extproc.processor import Observer
+from extproc.recorder import Recorder
 from extproc.reload import ConfigStore
 from extproc.server import ExternalProcessor
+from extproc.telemetry import Tracing
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +41,8 @@ class ServeOptions:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     extra_services: list[object] = field(default_factory=list)
+    #: Prometheus `/metrics` address (port 0 = any free port); None = no endpoint
+    metrics_listen: str | None = None
 
 
 class CascadeServer:
@@ -44,7 +51,16 @@ class CascadeServer:
     def __init__(self, options: ServeOptions, observer: Observer | None = None) -> None:
         self.options = options
         self.store = ConfigStore.open(options.config)
-        self.servicer = ExternalProcessor(lambda: self.store.current, observer)
+        self.metrics = Metrics()
+        self.recorder = Recorder.from_settings(
+            lambda: self.store.current, self.metrics, Tracing.from_env()
+        )
+        self.store.listeners.append(self.recorder.reloaded)
+        self.servicer = ExternalProcessor(lambda: self.store.current, observer or self.recorder)
+        self.metrics.track_inflight(lambda: self.servicer.in_flight)
+        self.api = CascadeService(lambda: self.store.current, self.recorder)
+        self.metrics_server: MetricsServer | None = None
+        self.metrics_port = 0
         self.health = health.aio.HealthServicer()
         self.port = 0
         self._server: grpc.aio.Server | None = None
@@ -63,6 +79,7 @@ class CascadeServer:
         )
         pb_grpc.add_ExternalProcessorServicer_to_server(self.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        add_to_server(self.api, server)
         options = self.options
         if options.tls_cert and options.tls_key:
             credentials = grpc.ssl_server_credentials(
@@ -71,9 +88,12 @@ class CascadeServer:
             self.port = server.add_secure_port(options.listen, credentials)
         else:
             self.port = server.add_insecure_port(options.listen)
+        self.recorder.start()
+        if options.metrics_listen is not None:
+            self._start_metrics(options.metrics_listen)
         await server.start()
         self._server = server
-        for service in ("", EXT_PROC_SERVICE):
+        for service in ("", EXT_PROC_SERVICE, CASCADE_SERVICE):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         self._watch = asyncio.create_task(self.store.watch(options.reload_interval))
         # Everything loaded so far lives for the whole process: keep it out of the GC's scans.
@@ -89,6 +109,19 @@ class CascadeServer:
         )
         return self.port
 
+    def _start_metrics(self, listen: str) -> None:
+        """Serve `/metrics`; a busy port is logged, not fatal (routing matters more)."""
+        server = MetricsServer(self.metrics, listen)
+        try:
+            self.metrics_port = server.start()
+        except OSError as exc:
+            logger.error("metrics endpoint %s unavailable, serving without it: %s", listen, exc)
+            return
+        self.metrics_server = server
+        port_file = os.environ.get("CASCADE_METRICS_PORT_FILE")
+        if port_file:
+            Path(port_file).write_text(str(self.metrics_port))
+
     async def shutdown(self) -> None:
         """NOT_SERVING → wait `drain_delay` → stop accepting → wait up to `grace` for streams."""
         if self._server is None or self._stopped.is_set():
@@ -101,6 +134,9 @@ class CascadeServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watch
         await self._server.stop(self.options.grace)
+        await self.recorder.stop()
+        if self.metrics_server is not None:
+            self.metrics_server.stop()
         logger.info("stopped")
         self._stopped.set()
 

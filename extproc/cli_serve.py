@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,12 @@ def register(sub: Any) -> None:
     )
     parser.add_argument(
         "--reload-interval", type=float, default=1.0, help="config file poll interval, seconds"
+    )
+    parser.add_argument(
+        "--metrics-listen",
+        default=os.environ.get("CASCADE_METRICS_LISTEN", "127.0.0.1:9464"),
+        help="Prometheus /metrics address, port 0 = any free port, 'off' = none "
+        "(default 127.0.0.1:9464, or $CASCADE_METRICS_LISTEN; containers use 0.0.0.0:9464)",
     )
     parser.add_argument("--tls-cert", type=Path, help="PEM certificate: serve gRPC over TLS")
     parser.add_argument("--tls-key", type=Path, help="PEM private key for --tls-cert")
@@ -66,6 +73,7 @@ def run_serve(args: argparse.Namespace) -> int:
         reload_interval=args.reload_interval,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
+        metrics_listen=None if args.metrics_listen == "off" else args.metrics_listen,
     )
     try:
         return asyncio.run(run(options))

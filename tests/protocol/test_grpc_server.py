@@ -195,6 +195,8 @@ def test_sigterm_drains_open_stream_and_exits_zero(tmp_path: Path) -> None:
                 "0.5",
                 "--grace",
                 "5",
+                "--metrics-listen",
+                "127.0.0.1:0",
             ],
             stderr=stderr,
             env={**os.environ, "CASCADE_PORT_FILE": str(port_file)},

@@ -10,12 +10,12 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
 from extproc.classify import Decision
 from extproc.config import Snapshot
-from extproc.processor import Phase, RequestInfo, RequestProcessor
+from extproc.processor import NullObserver, Phase, RequestInfo, RequestProcessor
 from tests.conftest import chat_body
 from tests.protocol.streams import common_of, request_body, request_headers, set_headers
 
 
-class Counting:
+class Counting(NullObserver):
     def __init__(self) -> None:
         self.decisions: list[Decision] = []
         self.rejections: list[str] = []
