@@ -124,6 +124,7 @@ def _summary(rev: Review, written: list[str], notes: list[str], config: str) -> 
         columns.append(held.baselines[weak])
     fixed = sum(c.effect == "fixed" for c in rev.changes)
     broken = sum(c.effect == "broken" for c in rev.changes)
+    changed = "request changes" if len(rev.changes) == 1 else "requests change"
     slo_train = "met" if result.fit.feasible else "NOT met"
     fitted = {
         "holdout": f"fitted on {len(result.train):,}, {len(result.test):,} held out",
@@ -141,9 +142,7 @@ def _summary(rev: Review, written: list[str], notes: list[str], config: str) -> 
         rule_changes(result),
         Para(f"Figures on {rev.held_out_name}:"),
         metrics_table(columns, result.snapshot.tier_names),
-        Para(
-            f"{len(rev.changes):,} requests change tier there: {fixed:,} fixed, {broken:,} broken."
-        ),
+        Para(f"{len(rev.changes):,} {changed} tier there: {fixed:,} fixed, {broken:,} broken."),
     ]
     if result.folds:
         size = len(result.folds)

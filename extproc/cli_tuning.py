@@ -282,6 +282,9 @@ def write_reports(paths: Sequence[Path], blocks: Sequence[Any], title: str) -> l
         except ValueError as exc:
             print(f"cascade: {exc}", file=sys.stderr)
             raise SystemExit(2) from exc
+        except OSError as exc:
+            print(f"cascade: cannot write {path}: {exc.strerror or exc}", file=sys.stderr)
+            raise SystemExit(2) from exc
     return written
 
 

@@ -19,9 +19,9 @@ Objective, in records of the training split:
   over `--max-misroute` when given), then misroutes, then the larger weak share;
 - with only `--max-misroute`: first the violation, then the largest weak share, then misroutes;
 - with neither: misroutes, then the larger weak share.
-A keyword is added only when it removes at least `min_gain` misroutes (or violation) on the
-training split; a keyword is removed only when that improves the score, so keywords the training
-data never shows (other languages, other domains) stay.
+A keyword is added or removed only when that removes at least `min_gain` misroutes (or records
+of SLO violation) on the training split, so a handful of records cannot change the keyword list,
+and keywords the training data never shows (other languages, other domains) stay.
 """
 
 from __future__ import annotations
@@ -339,11 +339,9 @@ def search(
     for _ in range(max_moves):
         options = _moves(data, current.params, pool, original, max_new_keywords)
         best: tuple[State, str] | None = None
-        for params, pred, label, adds in options:
+        for params, pred, label, keyword_move in options:
             candidate = state(params, pred)
-            if adds and not _gains(current.score, candidate.score, min_gain):
-                continue
-            if label.startswith("remove") and not candidate.score[:2] < current.score[:2]:
+            if keyword_move and not _gains(current.score, candidate.score, min_gain):
                 continue
             if candidate.score < current.score and (
                 best is None or candidate.score < best[0].score
@@ -393,7 +391,7 @@ def _moves(
                 Params(params.scope, kept, params.gts),
                 base | data.keyword_mask(kept),
                 f"remove keyword {word!r}",
-                False,
+                True,
             )
         )
     if len(set(params.keywords) - original) < max_new:
