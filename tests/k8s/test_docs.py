@@ -1,0 +1,107 @@
+"""docs/kubernetes.md: its examples work on the real manifests, its tables match them, and it
+states kgateway's limitations."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from google.protobuf import json_format
+
+from tests.conftest import ROOT
+from tests.k8s.conftest import K8S, KUSTOMIZATIONS, one
+from tests.k8s.kustomize import build, json_patch
+from tests.k8s.test_monitoring import rules
+
+DOC = ROOT / "docs" / "kubernetes.md"
+
+
+def yaml_blocks() -> list[str]:
+    return re.findall(r"```yaml\n(.*?)```", DOC.read_text(), re.S)
+
+
+def block_with(text: str) -> str:
+    [block] = [b for b in yaml_blocks() if text in b]
+    return block
+
+
+def test_readme_links_the_guide() -> None:
+    assert "(docs/kubernetes.md)" in (ROOT / "README.md").read_text()
+
+
+def test_paths_and_commands_refer_to_what_exists() -> None:
+    text = DOC.read_text()
+    for path in set(re.findall(r"(?<![\w/])k8s/[\w./-]+\w", text)):
+        assert (ROOT / path).exists(), path
+    for directory in KUSTOMIZATIONS.values():
+        rel = directory.relative_to(ROOT).as_posix()
+        assert rel in text, f"{rel} is not documented"
+    for command in re.findall(r"kubectl apply -k ([\w./-]+)", text):
+        assert (ROOT / command / "kustomization.yaml").exists(), command
+
+
+def test_own_overlay_example_renders(tmp_path: Path) -> None:
+    example = yaml.safe_load(block_with("kind: Kustomization"))
+    overlay = tmp_path / "my-cluster"
+    overlay.mkdir()
+    example["resources"] = [str(K8S / "overlays" / "kgateway")]
+    (overlay / "kustomization.yaml").write_text(yaml.safe_dump(example))
+    shutil.copy(K8S / "base" / "cascade.yaml", overlay / "cascade.yaml")
+    objects = build(overlay)
+    route = one(objects, "HTTPRoute", "chat")
+    assert route["spec"]["rules"][0]["name"] == "tier-strong"
+    assert route["spec"]["rules"][0]["backendRefs"][0]["name"] == "vllm-glm5"
+    deployment = one(objects, "Deployment", "cascade-classifier")
+    image = deployment["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert image == "registry.example.internal/ml/cascade-router:0.1.0"
+
+
+def test_threshold_patch_example_applies(rendered: dict[str, list[dict]]) -> None:
+    [patch] = yaml.safe_load(block_with("kind: PrometheusRule"))["patches"]
+    rule = one(rendered["monitoring"], "PrometheusRule", patch["target"]["name"])
+    json_patch(rule, yaml.safe_load(patch["patch"]))
+    assert rule["spec"]["groups"][0]["rules"][0]["expr"] == "vector(400)"
+
+
+def test_parameter_and_alert_tables_match_the_rules() -> None:
+    text = DOC.read_text()
+    params = {
+        r["record"]: r["expr"] for r in rules() if r.get("record", "").startswith("cascade:param")
+    }
+    for name, expr in params.items():
+        value = expr.removeprefix("vector(").removesuffix(")")
+        short = name.rsplit("_", 1)[0] if name.endswith(("_min", "_max")) else name
+        assert short in text, name
+        row = next(line for line in text.splitlines() if f"`{short}" in line and "|" in line)
+        assert value in row, (name, row)
+    for alert in (r["alert"] for r in rules() if "alert" in r):
+        assert f"`{alert}`" in text
+
+
+def test_envoy_tls_snippet_is_a_valid_transport_socket() -> None:
+    from envoy.config.cluster.v3 import cluster_pb2
+    from envoy.extensions.transport_sockets.tls.v3 import tls_pb2  # noqa: F401
+
+    snippet = yaml.safe_load(block_with("UpstreamTlsContext"))
+    cluster = cluster_pb2.Cluster()
+    json_format.ParseDict({"name": "cascade_extproc", **snippet}, cluster)
+    assert cluster.transport_socket.name == "envoy.transport_sockets.tls"
+
+
+@pytest.mark.parametrize(
+    "limitation",
+    [
+        "No retry priority",
+        "No Retry-After back-off",
+        "No `noTrafficInterval`",
+        "Buffer placement",
+        "without `earlyRequestHeaderModifier`",
+        "no response attributes",
+    ],
+)
+def test_kgateway_limitations_are_stated(limitation: str) -> None:
+    section = DOC.read_text().split("## What kgateway cannot express", 1)[1].split("\n## ", 1)[0]
+    assert limitation.lower() in section.lower()
