@@ -21,6 +21,8 @@ import urllib.parse
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import yaml
+
 from extproc.app import CascadeServer, ServeOptions
 from extproc.config import DEFAULT_CONFIG, Backend, compile_config
 from extproc.envoy_render import render_yaml
@@ -88,6 +90,22 @@ def _send(port: int, request: DemoRequest) -> tuple[int, dict[str, str], bytes, 
         conn.close()
 
 
+#: Illustrative prices ($ per 1M input / output tokens) so the summary has costs.
+DEMO_PRICES = {"weak": (0.10, 0.40), "strong": (2.00, 8.00)}
+
+
+def demo_config() -> str:
+    """The packaged config with model rewriting, demo prices and response processing on."""
+    document = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    document["server"]["rewrite_model"] = True
+    for tier in document["tiers"]:
+        if tier["name"] in DEMO_PRICES:
+            price_in, price_out = DEMO_PRICES[tier["name"]]
+            tier["price"] = {"input_per_mtok": price_in, "output_per_mtok": price_out}
+    document["telemetry"] = {"response_processing": True}
+    return yaml.safe_dump(document, allow_unicode=True, sort_keys=False)
+
+
 class Demo:
     def __init__(self, workdir: Path, listen_port: int, out: Callable[[str], None]) -> None:
         self.workdir = workdir
@@ -105,11 +123,16 @@ class Demo:
     async def start(self) -> None:
         for backend in self.backends:
             await backend.start()
-        text = DEFAULT_CONFIG.read_text()
         config = self.workdir / "cascade.yaml"
-        config.write_text(text.replace("rewrite_model: false", "rewrite_model: true"))
+        config.write_text(demo_config())
         self.server = CascadeServer(
-            ServeOptions(config=config, listen="127.0.0.1:0", drain_delay=0.0, grace=2.0)
+            ServeOptions(
+                config=config,
+                listen="127.0.0.1:0",
+                drain_delay=0.0,
+                grace=2.0,
+                metrics_listen="127.0.0.1:0",
+            )
         )
         await self.server.start()
         snapshot = compile_config(config.read_text(), str(config))
@@ -202,6 +225,17 @@ class Demo:
         self._table(rows)
         return failures
 
+    async def print_summary(self) -> None:
+        """Tier mix, cost per 1k requests and TTFT per tier, read from the metrics endpoint."""
+        if self.server is None or not self.server.metrics_port:
+            return
+        await self.server.recorder.drain()
+        text = await asyncio.to_thread(_scrape, self.server.metrics_port)
+        self.out("")
+        self.out(f"From http://127.0.0.1:{self.server.metrics_port}/metrics:")
+        for line in summary_lines(text):
+            self.out(line)
+
     def _table(self, rows: Sequence[Sequence[str]]) -> None:
         head = ("request", "status", "tier", "rule / reason", "backend", "latency")
         widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
@@ -225,6 +259,77 @@ class Demo:
             await backend.stop()
 
 
+def _scrape(port: int) -> str:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", "/metrics")
+        return conn.getresponse().read().decode()
+    finally:
+        conn.close()
+
+
+def summary_lines(text: str) -> list[str]:
+    """Tier mix (decisions), cost per 1k answered requests and TTFT per served tier."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    decisions: dict[str, float] = {}
+    responses: dict[str, float] = {}
+    cost: dict[str, float] = {}
+    ttft_sum: dict[str, float] = {}
+    ttft_count: dict[str, float] = {}
+    ttft_buckets: dict[str, list[tuple[float, float]]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels, value = sample.labels, sample.value
+            if sample.name == "cascade_decisions_total":
+                decisions[labels["tier"]] = decisions.get(labels["tier"], 0) + value
+            elif sample.name == "cascade_responses_total":
+                tier = labels["served_tier"]
+                responses[tier] = responses.get(tier, 0) + value
+            elif sample.name == "cascade_cost_dollars_total":
+                cost[labels["tier"]] = cost.get(labels["tier"], 0) + value
+            elif sample.name == "cascade_ttft_seconds_sum":
+                ttft_sum[labels["tier"]] = ttft_sum.get(labels["tier"], 0) + value
+            elif sample.name == "cascade_ttft_seconds_count":
+                ttft_count[labels["tier"]] = ttft_count.get(labels["tier"], 0) + value
+            elif sample.name == "cascade_ttft_seconds_bucket":
+                bound = float(labels["le"])
+                ttft_buckets.setdefault(labels["tier"], []).append((bound, value))
+    total = sum(decisions.values())
+    lines = []
+    mix = ", ".join(
+        f"{tier} {count / total:.0%} ({count:g})" for tier, count in sorted(decisions.items())
+    )
+    lines.append(f"  tier mix (decisions): {mix or '-'}")
+    answered = sum(responses.values())
+    if answered:
+        lines.append(
+            f"  cost per 1k requests: ${sum(cost.values()) / answered * 1000:.4f}"
+            f" ({answered:g} answered; "
+            + ", ".join(f"{tier} ${cost.get(tier, 0.0):.6f}" for tier in sorted(responses))
+            + ")"
+        )
+    for tier in sorted(ttft_count):
+        count = ttft_count[tier]
+        if not count:
+            continue
+        mean = ttft_sum[tier] / count * 1000
+        lines.append(
+            f"  TTFT {tier}: mean {mean:.1f} ms, p50 <= "
+            f"{_bucket_quantile(ttft_buckets.get(tier, []), count, 0.5) * 1000:g} ms "
+            f"over {count:g} answers"
+        )
+    return lines
+
+
+def _bucket_quantile(buckets: list[tuple[float, float]], count: float, q: float) -> float:
+    """The upper bound of the first histogram bucket holding the q-quantile."""
+    for bound, cumulative in sorted(buckets):
+        if cumulative >= q * count:
+            return bound
+    return float("inf")
+
+
 async def run_demo(once: bool, listen_port: int, out: Callable[[str], None] = print) -> int:
     with tempfile.TemporaryDirectory(prefix="cascade-demo-") as tmp:
         demo = Demo(Path(tmp), listen_port, out)
@@ -236,6 +341,7 @@ async def run_demo(once: bool, listen_port: int, out: Callable[[str], None] = pr
                 f"{demo.backends[0].port} strong:{demo.backends[1].port}\n"
             )
             failures = await demo.run_requests()
+            await demo.print_summary()
             if once:
                 return 1 if failures else 0
             out(

@@ -26,7 +26,7 @@ from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import (
     BatchSpanProcessor,
     ConsoleSpanExporter,
@@ -181,8 +181,3 @@ def langfuse_tags(
         f"classifier:{classifier}",
         f"rule:{rule}",
     ]
-
-
-def finished_spans_attributes(spans: Sequence[ReadableSpan]) -> list[dict[str, Any]]:
-    """Attributes of exported spans as plain dicts (tests and debugging)."""
-    return [dict(span.attributes or {}) for span in spans]

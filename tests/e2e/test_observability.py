@@ -275,3 +275,27 @@ def test_feedback_rpc_on_the_classifier_port(stack: Gateway) -> None:
 
 def test_decision_log_path_is_per_stack(stack: Gateway) -> None:
     assert Path(stack.workdir / "decisions.jsonl").exists()
+
+
+def test_trace_context_goes_upstream_through_envoy(tmp_path: Path) -> None:
+    """With tracing on, the backend sees a traceparent in the client's trace, naming our span."""
+    gateway = Gateway(
+        tmp_path,
+        classifier_env={"OTEL_TRACES_EXPORTER": "console", "OTEL_BSP_SCHEDULE_DELAY": "100"},
+    )
+    try:
+        trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+        client = f"00-{trace_id}-00f067aa0ba902b7-01"
+        weak = gateway.backends["weak"]
+        weak.clear_requests()
+        reply = gateway.chat("hello", headers={"traceparent": client})
+        assert reply.status == 200
+        upstream = weak.requests[-1].headers["traceparent"]
+        version, seen_trace, span_id, _flags = upstream.split("-")
+        assert (version, seen_trace) == ("00", trace_id)
+        assert span_id != "00f067aa0ba902b7"
+        log = tmp_path / "classifier.log"
+        wait_for(lambda: span_id in log.read_text(), 10, "the span on the console exporter")
+        assert '"cascade.tier": "weak"' in log.read_text()
+    finally:
+        gateway.close()
