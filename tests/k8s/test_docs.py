@@ -3,6 +3,7 @@ states kgateway's limitations."""
 
 from __future__ import annotations
 
+import copy
 import re
 import shutil
 from pathlib import Path
@@ -61,7 +62,7 @@ def test_own_overlay_example_renders(tmp_path: Path) -> None:
 
 def test_threshold_patch_example_applies(rendered: dict[str, list[dict]]) -> None:
     [patch] = yaml.safe_load(block_with("kind: PrometheusRule"))["patches"]
-    rule = one(rendered["monitoring"], "PrometheusRule", patch["target"]["name"])
+    rule = copy.deepcopy(one(rendered["monitoring"], "PrometheusRule", patch["target"]["name"]))
     json_patch(rule, yaml.safe_load(patch["patch"]))
     assert rule["spec"]["groups"][0]["rules"][0]["expr"] == "vector(400)"
 
