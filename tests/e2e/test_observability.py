@@ -299,3 +299,26 @@ def test_trace_context_goes_upstream_through_envoy(tmp_path: Path) -> None:
         assert '"cascade.tier": "weak"' in log.read_text()
     finally:
         gateway.close()
+
+
+def test_fallback_shows_the_tier_that_really_served(stack: Gateway) -> None:
+    """Strong answers 503: Envoy falls back to weak; the metrics and log name both tiers."""
+    before = stack.metrics()
+    request_id = f"fallback-{time.monotonic_ns()}"
+    reply = stack.chat(
+        "please refactor this module",
+        headers={"x-mock-fail-strong": "503", "x-request-id": request_id},
+    )
+    assert reply.status == 200 and reply.headers["x-mock-backend"] == "weak"
+    labels = {"tier": "strong", "served_tier": "weak", "status": "200"}
+    text = wait_metric(
+        stack,
+        "cascade_responses_total",
+        value(before, "cascade_responses_total", **labels) + 1,
+        **labels,
+    )
+    assert value(text, "cascade_fallbacks_total", from_tier="strong", to_tier="weak") >= 1
+    log = stack.workdir / "decisions.jsonl"
+    wait_for(lambda: request_id in log.read_text(), 10, "the fallback in the decision log")
+    record = next(json.loads(line) for line in log.read_text().splitlines() if request_id in line)
+    assert (record["tier"], record["served_tier"], record["fallback"]) == ("strong", "weak", True)

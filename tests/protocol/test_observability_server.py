@@ -190,3 +190,52 @@ async def test_metrics_endpoint_and_cascade_api_on_the_same_port(server: Cascade
     assert "cascade_inflight_streams 0.0" in text
     assert 'cascade_config_info{canary="",classifier="v7"' in text
     assert "cascade_classify_duration_seconds_bucket" in text
+
+
+def test_otlp_grpc_export_reaches_a_loopback_collector(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The other OTLP transport: the collector's gRPC TraceService, served here on loopback."""
+    from concurrent import futures
+
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
+
+    from extproc.config import load_snapshot
+    from extproc.metrics import Metrics
+    from extproc.processor import RequestProcessor
+    from extproc.recorder import Recorder
+    from extproc.telemetry import Tracing
+
+    received: list[trace_service_pb2.ExportTraceServiceRequest] = []
+
+    class Collector(trace_service_pb2_grpc.TraceServiceServicer):  # type: ignore[misc]
+        def Export(
+            self, request: trace_service_pb2.ExportTraceServiceRequest, context: object
+        ) -> trace_service_pb2.ExportTraceServiceResponse:
+            received.append(request)
+            return trace_service_pb2.ExportTraceServiceResponse()
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Collector(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{port}")
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_INSECURE", "true")
+        tracing = Tracing.from_env()
+        assert tracing.enabled
+        snapshot = load_snapshot(DEFAULT_CONFIG)
+        recorder = Recorder(lambda: snapshot, Metrics(), tracing)
+        processor = RequestProcessor(snapshot, recorder)
+        processor.handle(request_headers(extra={"traceparent": TRACEPARENT}))
+        processor.handle(request_body(chat_body("hello")))
+        processor.close()
+        # no event loop here: end the span the way the background worker would
+        tracing.end(processor.info.trace, 0)
+        tracing.shutdown()
+    finally:
+        server.stop(1)
+    spans = [
+        s for r in received for rs in r.resource_spans for ss in rs.scope_spans for s in ss.spans
+    ]
+    assert [s.trace_id.hex() for s in spans] == [TRACE_ID]
+    assert {a.key: a.value.string_value for a in spans[0].attributes}["cascade.tier"] == "weak"
