@@ -14,6 +14,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "extproc.cli_render",
     "extproc.cli_demo",
     "extproc.cli_mock",
+    "extproc.cli_canary",
     "extproc.cli_tuning",
 )
 

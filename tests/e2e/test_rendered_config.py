@@ -1,30 +1,89 @@
-"""The shipped Envoy config is the renderer's output and Envoy accepts it."""
+"""The shipped Envoy configs are the renderer's output and Envoy accepts every one of them.
+
+Pairs: `envoy/cascade.yaml` -> `envoy/envoy.yaml`, and every
+`envoy/variants/<name>.cascade.yaml` -> `envoy/variants/<name>.envoy.yaml` (fallback chains,
+backend canary, shadow sampling, the two classifier-deployment variants).
+"""
 
 from __future__ import annotations
 
 import subprocess
 from pathlib import Path
 
+import pytest
+import yaml
+
 from extproc.config import load_snapshot
 from extproc.envoy_render import render_yaml
 from tests.e2e.harness import ENVOY
 
 ROOT = Path(__file__).resolve().parents[2]
+ENVOY_DIR = ROOT / "envoy"
 
 
-def test_shipped_envoy_config_is_rerendered_unchanged() -> None:
-    snapshot = load_snapshot(ROOT / "envoy" / "cascade.yaml")
-    assert render_yaml(snapshot) == (ROOT / "envoy" / "envoy.yaml").read_text(), (
-        "envoy/envoy.yaml is stale: cascade render envoy --config envoy/cascade.yaml "
-        "-o envoy/envoy.yaml"
+def pairs() -> list[tuple[Path, Path]]:
+    found = [(ENVOY_DIR / "cascade.yaml", ENVOY_DIR / "envoy.yaml")]
+    for source in sorted((ENVOY_DIR / "variants").glob("*.cascade.yaml")):
+        found.append((source, source.with_name(source.name.replace(".cascade.", ".envoy."))))
+    return found
+
+
+PAIRS = pairs()
+IDS = [source.name.removesuffix(".yaml") for source, _ in PAIRS]
+
+
+def test_every_variant_is_present() -> None:
+    names = {source.name for source, _ in PAIRS}
+    assert {
+        "cascade.yaml",
+        "canary-and-shadow.cascade.yaml",
+        "classifier-deployments.cascade.yaml",
+        "classifier-endpoints.cascade.yaml",
+        "three-tiers.cascade.yaml",
+    } <= names
+
+
+@pytest.mark.parametrize(("source", "rendered"), PAIRS, ids=IDS)
+def test_shipped_envoy_config_is_rerendered_unchanged(source: Path, rendered: Path) -> None:
+    snapshot = load_snapshot(source)
+    assert rendered.exists() and render_yaml(snapshot) == rendered.read_text(), (
+        f"{rendered.relative_to(ROOT)} is stale: cascade render envoy --config "
+        f"{source.relative_to(ROOT)} -o {rendered.relative_to(ROOT)}"
     )
 
 
-def test_shipped_envoy_config_validates() -> None:
+@pytest.mark.parametrize(("source", "rendered"), PAIRS, ids=IDS)
+def test_shipped_envoy_config_validates(source: Path, rendered: Path) -> None:
     result = subprocess.run(
-        [str(ENVOY), "--mode", "validate", "-c", str(ROOT / "envoy" / "envoy.yaml")],
+        [str(ENVOY), "--mode", "validate", "-c", str(rendered)],
         capture_output=True,
         timeout=60,
         check=False,
     )
     assert result.returncode == 0, result.stderr.decode()[-2000:]
+
+
+def test_fallback_pieces_are_in_the_default_config() -> None:
+    document = yaml.safe_load((ENVOY_DIR / "envoy.yaml").read_text())
+    clusters = {c["name"]: c for c in document["static_resources"]["clusters"]}
+    aggregate = clusters["tier_strong_fallback"]
+    assert aggregate["cluster_type"]["typed_config"]["clusters"] == ["tier_strong", "tier_weak"]
+    options = aggregate["typed_extension_protocol_options"]
+    (protocol,) = options.values()
+    upstream = protocol["http_filters"][0]["typed_config"]
+    assert upstream["grpc_service"]["initial_metadata"] == [
+        {"key": "x-cascade-role", "value": "upstream"}
+    ]
+    assert "xds.upstream_host_metadata" in upstream["request_attributes"]
+    assert clusters["tier_strong"]["outlier_detection"]["max_ejection_percent"] == 100
+    assert clusters["tier_strong"]["circuit_breakers"]["thresholds"][0]["max_retries"] == 100
+    hcm = document["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+    routes = {
+        r["name"]: r for r in hcm["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
+    }
+    policy = routes["tier_strong"]["route"]["retry_policy"]
+    assert policy["retriable_status_codes"] == [429, 503]
+    assert policy["num_retries"] == 2
+    assert policy["retry_priority"]["name"] == "envoy.retry_priorities.previous_priorities"
+    assert policy["rate_limited_retry_back_off"]["reset_headers"][0]["name"] == "retry-after"
+    assert "retry_priority" not in routes["tier_weak"]["route"]["retry_policy"]

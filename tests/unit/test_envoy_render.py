@@ -1,0 +1,241 @@
+"""What `cascade render envoy` builds from the resilience settings (no Envoy binary needed;
+tests/e2e/test_rendered_config.py runs `envoy --mode validate` on the shipped variants)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from extproc.config import compile_config
+from extproc.envoy_render import bootstrap, render_yaml, typed_bootstrap
+
+BASE = """
+tiers:
+  - name: weak
+    model: small
+    backends: [{address: "10.0.0.1:8000"}]
+  - name: strong
+    model: big
+    fallback: weak
+    backends: [{address: "10.0.0.2:8000"}]
+classifier: v1
+classifiers: {v1: {default: weak}}
+"""
+
+
+def render(text: str) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    """(routes by name, clusters by name) of the bootstrap for a config."""
+    snapshot = compile_config(text)
+    typed_bootstrap(snapshot)  # every variant parses as the typed Bootstrap
+    data = bootstrap(snapshot)
+    hcm = data["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+    vhost = hcm["typed_config"]["route_config"]["virtual_hosts"][0]
+    routes = {r["name"]: r for r in vhost["routes"]}
+    clusters = {c["name"]: c for c in data["static_resources"]["clusters"]}
+    return routes, clusters
+
+
+def upstream_filter(cluster: dict[str, Any]) -> dict[str, Any] | None:
+    options = cluster.get("typed_extension_protocol_options")
+    if not options:
+        return None
+    (protocol,) = options.values()
+    filters = protocol.get("http_filters", [])
+    return filters[0]["typed_config"] if filters else None
+
+
+def test_fallback_aggregate_and_retry_priority() -> None:
+    routes, clusters = render(BASE)
+    assert routes["tier_strong"]["route"]["cluster"] == "tier_strong_fallback"
+    assert routes["tier_weak"]["route"]["cluster"] == "tier_weak"
+    members = clusters["tier_strong_fallback"]["cluster_type"]["typed_config"]["clusters"]
+    assert members == ["tier_strong", "tier_weak"]
+    priority = routes["tier_strong"]["route"]["retry_policy"]["retry_priority"]
+    assert priority["typed_config"]["update_frequency"] == 1
+    # without rewrite_model the upstream filter only counts: headers, no body
+    upstream = upstream_filter(clusters["tier_strong_fallback"])
+    assert upstream is not None
+    assert upstream["processing_mode"]["request_body_mode"] == "NONE"
+    assert upstream_filter(clusters["tier_strong"]) is None
+
+
+def test_rewrite_model_buffers_the_body_upstream() -> None:
+    _, clusters = render(BASE + "server: {rewrite_model: true}\n")
+    upstream = upstream_filter(clusters["tier_strong_fallback"])
+    assert upstream is not None
+    assert upstream["processing_mode"]["request_body_mode"] == "BUFFERED"
+    assert upstream["failure_mode_allow"] is True
+
+
+def test_no_fallback_no_aggregate() -> None:
+    routes, clusters = render(BASE.replace("    fallback: weak\n", ""))
+    assert routes["tier_strong"]["route"]["cluster"] == "tier_strong"
+    assert "retry_priority" not in routes["tier_strong"]["route"]["retry_policy"]
+    assert not any(name.endswith("_fallback") for name in clusters)
+
+
+def test_retry_policy_follows_the_settings() -> None:
+    text = BASE + (
+        "envoy:\n  retries: {num_retries: 4, status_codes: [503], retry_after_max_ms: 0,"
+        " per_try_timeout_s: 200, attempts_per_tier: 2, max_concurrent: 7}\n"
+    )
+    routes, clusters = render(text)
+    policy = routes["tier_strong"]["route"]["retry_policy"]
+    assert policy["num_retries"] == 4
+    assert policy["retriable_status_codes"] == [503]
+    assert "rate_limited_retry_back_off" not in policy
+    assert policy["per_try_timeout"] == "200s"
+    assert policy["retry_priority"]["typed_config"]["update_frequency"] == 2
+    assert clusters["tier_weak"]["circuit_breakers"]["thresholds"][0]["max_retries"] == 7
+    assert clusters["tier_strong_fallback"]["circuit_breakers"]["thresholds"][0]["max_retries"] == 7
+
+
+def test_outlier_detection_can_be_switched_off() -> None:
+    _, clusters = render(BASE)
+    assert clusters["tier_strong"]["outlier_detection"]["consecutive_5xx"] == 3
+    _, clusters = render(BASE + "envoy: {outlier_detection: {enabled: false}}\n")
+    assert "outlier_detection" not in clusters["tier_strong"]
+
+
+def test_backend_canary_mirror_and_rewrite() -> None:
+    text = BASE.replace(
+        '    backends: [{address: "10.0.0.1:8000"}]\n',
+        """    mirror: {tier: strong, percent: 0.5}
+    backends:
+      - {address: "10.0.0.1:8000", name: stable, weight: 95}
+      - {address: "10.0.0.3:8000", name: canary, model: small-v2, weight: 5}
+""",
+        1,
+    )
+    routes, clusters = render(text + "server: {rewrite_model: true}\n")
+    weak = routes["tier_weak"]["route"]
+    assert weak["weighted_clusters"] == {
+        "clusters": [
+            {"name": "tier_weak_stable", "weight": 95},
+            {"name": "tier_weak_canary", "weight": 5},
+        ],
+        "use_hash_policy": True,
+    }
+    assert weak["hash_policy"] == [{"header": {"header_name": "x-user-id"}}]
+    (mirror,) = weak["request_mirror_policies"]
+    assert mirror["cluster"] == "tier_strong"
+    assert mirror["runtime_fraction"]["default_value"] == {
+        "numerator": 5000,
+        "denominator": "MILLION",
+    }
+    tag = mirror["request_headers_mutations"][0]["append"]["header"]
+    assert tag == {"key": "x-cascade-shadow-of", "value": "weak"}
+    # the fallback goes to every weak backend; the mirror target and the canary group
+    # rewrite the model per attempt, the stable group does not need to
+    assert clusters["tier_strong_fallback"]["cluster_type"]["typed_config"]["clusters"] == [
+        "tier_strong",
+        "tier_weak",
+    ]
+    assert upstream_filter(clusters["tier_strong"]) is not None
+    assert upstream_filter(clusters["tier_weak_canary"]) is not None
+    assert upstream_filter(clusters["tier_weak_stable"]) is None
+    # the tier-less default route never mirrors
+    assert "request_mirror_policies" not in routes["default_tier"]["route"]
+
+
+def test_backend_canary_without_stickiness() -> None:
+    text = BASE.replace(
+        '    backends: [{address: "10.0.0.1:8000"}]\n',
+        """    sticky_header: ""
+    backends:
+      - {address: "10.0.0.1:8000", name: a}
+      - {address: "10.0.0.3:8000", name: b}
+""",
+        1,
+    )
+    routes, _ = render(text)
+    assert "hash_policy" not in routes["tier_weak"]["route"]
+    assert "use_hash_policy" not in routes["tier_weak"]["route"]["weighted_clusters"]
+
+
+def test_backend_canary_in_a_tier_with_fallback_wraps_each_group() -> None:
+    text = BASE.replace(
+        '    backends: [{address: "10.0.0.2:8000"}]\n',
+        """    backends:
+      - {address: "10.0.0.2:8000", name: a, weight: 70}
+      - {address: "10.0.0.4:8000", name: b, weight: 30}
+""",
+    )
+    routes, clusters = render(text)
+    split = routes["tier_strong"]["route"]["weighted_clusters"]["clusters"]
+    assert split == [
+        {"name": "tier_strong_a_fallback", "weight": 70},
+        {"name": "tier_strong_b_fallback", "weight": 30},
+    ]
+    members = clusters["tier_strong_b_fallback"]["cluster_type"]["typed_config"]["clusters"]
+    assert members == ["tier_strong_b", "tier_weak"]
+
+
+def test_default_route_uses_default_tier() -> None:
+    routes, _ = render(BASE + "default_tier: strong\n")
+    assert routes["default_tier"]["route"]["cluster"] == "tier_strong_fallback"
+
+
+def test_classifier_deployments_by_route() -> None:
+    text = BASE + (
+        "envoy: {ext_proc: ['127.0.0.1:50051'],"
+        " ext_proc_canary: {addresses: ['127.0.0.1:50061'], percent: 12.5}}\n"
+    )
+    routes, clusters = render(text)
+    assert list(routes)[-3:] == ["classifier_canary_pinned", "classifier_canary", "default_tier"]
+    fraction = routes["classifier_canary"]["match"]["runtime_fraction"]
+    assert fraction["default_value"]["numerator"] == 125_000
+    assert fraction["runtime_key"] == "cascade.classifier_canary_percent"
+    override = routes["classifier_canary"]["typed_per_filter_config"][
+        "envoy.filters.http.ext_proc"
+    ]["overrides"]
+    assert override["grpc_service"]["envoy_grpc"]["cluster_name"] == "cascade_extproc_canary"
+    pinned = routes["classifier_canary_pinned"]["match"]["headers"][0]
+    assert pinned == {"name": "x-classifier-canary", "present_match": True}
+    assert "cascade_extproc_canary" in clusters
+    assert clusters["cascade_extproc_canary"]["health_checks"]
+
+
+def test_classifier_deployments_by_endpoint_weight() -> None:
+    text = BASE + (
+        "envoy: {ext_proc: ['127.0.0.1:50051', '127.0.0.1:50052'],"
+        " ext_proc_canary: {addresses: ['127.0.0.1:50061'], percent: 10, mode: endpoints}}\n"
+    )
+    routes, clusters = render(text)
+    assert "classifier_canary" not in routes
+    endpoints = clusters["cascade_extproc"]["load_assignment"]["endpoints"][0]["lb_endpoints"]
+    weights = {
+        e["endpoint"]["address"]["socket_address"]["port_value"]: e["load_balancing_weight"]
+        for e in endpoints
+    }
+    # two stable endpoints and one canary: the canary gets exactly 10 % of the picks
+    assert weights[50061] / sum(weights.values()) == 0.10
+    assert weights[50051] == weights[50052]
+
+
+def test_endpoint_weight_extremes_drop_the_idle_side() -> None:
+    text = (
+        BASE
+        + "envoy: {ext_proc_canary: {addresses: ['127.0.0.1:50061'], percent: %s, mode: endpoints}}\n"
+    )
+    for percent, port in ((0, 50051), (100, 50061)):
+        _, clusters = render(text % percent)
+        endpoints = clusters["cascade_extproc"]["load_assignment"]["endpoints"][0]["lb_endpoints"]
+        assert [e["endpoint"]["address"]["socket_address"]["port_value"] for e in endpoints] == [
+            port
+        ]
+
+
+def test_served_tier_headers_come_from_host_metadata() -> None:
+    snapshot = compile_config(BASE)
+    text = render_yaml(snapshot)
+    assert "%UPSTREAM_METADATA(cascade:tier)%" in text
+    assert "always_set_request_id_in_response: true" in text
+    assert "admin_layer" in text
+
+
+def test_ext_proc_cluster_resolves_names_and_keeps_ips_static() -> None:
+    _, clusters = render(BASE)
+    assert clusters["cascade_extproc"]["type"] == "STATIC"
+    text = BASE + "envoy: {ext_proc: ['cascade-classifier.cascade.svc:50051']}\n"
+    _, clusters = render(text)
+    assert clusters["cascade_extproc"]["type"] == "STRICT_DNS"
