@@ -4,9 +4,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # Debian packages the test suite starts for real (installed when missing, needs root or sudo).
-SYSTEM_PACKAGES ?= prometheus
+SYSTEM_PACKAGES ?= prometheus redis-server
 
-.PHONY: install sysdeps lint typecheck test test-unit test-e2e demo bench clean
+.PHONY: install sysdeps lint typecheck test test-unit test-e2e demo bench clean protos
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -53,3 +53,7 @@ bench: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+
+# Regenerate extproc/_pb from protos/ (committed; tests/unit/test_protos.py checks it is current).
+protos: install
+	$(BIN)/python protos/generate.py

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import itertools
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -60,12 +61,33 @@ class Backend:
 
 
 @dataclass(frozen=True, slots=True)
+class Mirror:
+    """Shadow a share of a tier's requests to another tier (Envoy discards the answers)."""
+
+    tier: str
+    percent: float  # 0..100, fractions allowed
+
+
+@dataclass(frozen=True, slots=True)
 class Tier:
     name: str
     rank: int
     model: str
     price: Price
     backends: tuple[Backend, ...] = ()
+    #: where Envoy retries when this tier answers 503/429 or refuses connections
+    fallback: str | None = None
+    mirror: Mirror | None = None
+    #: request header hashed to keep a user on one backend group (backend canary); "" = random
+    sticky_header: str = "x-user-id"
+
+    @property
+    def backend_groups(self) -> tuple[tuple[str, tuple[Backend, ...]], ...]:
+        """Backends grouped by `name`, in first-seen order (two or more = a backend canary)."""
+        groups: dict[str, list[Backend]] = {}
+        for backend in self.backends:
+            groups.setdefault(backend.name, []).append(backend)
+        return tuple((name, tuple(members)) for name, members in groups.items())
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,10 +121,77 @@ class Classifier:
 
 
 @dataclass(frozen=True, slots=True)
+class Trigger:
+    """A rollback condition of `cascade canary`: `query` above `above` for `for_s` seconds."""
+
+    name: str
+    #: PromQL; `$version` and `$window` (e.g. `300s`) are substituted before it is sent
+    query: str
+    above: float
+    window_s: int
+    for_s: int
+
+
+#: Requests the canary version decided in the window (`min_requests` is compared with it).
+DEFAULT_VOLUME_QUERY = 'sum(increase(cascade_decisions_total{classifier="$version"}[$window]))'
+
+#: The seeds' rollback triggers. The response metrics need a `classifier` label for these; a
+#: query that returns nothing (metric or label absent) is reported as "no data" and skipped.
+DEFAULT_TRIGGERS = (
+    Trigger(
+        name="error_rate",
+        query=(
+            'sum(rate(cascade_responses_total{classifier="$version",status=~"5.*"}[$window]))'
+            ' / sum(rate(cascade_responses_total{classifier="$version"}[$window]))'
+        ),
+        above=0.02,
+        window_s=300,
+        for_s=300,
+    ),
+    Trigger(
+        name="p99_latency_s",
+        query=(
+            "histogram_quantile(0.99, sum by (le) (rate("
+            'cascade_response_duration_seconds_bucket{classifier="$version"}[$window])))'
+        ),
+        above=15.0,
+        window_s=300,
+        for_s=300,
+    ),
+    Trigger(
+        name="misroute_rate",
+        query=(
+            'sum(increase(cascade_misroute_suspected_total{classifier="$version"}[$window]))'
+            ' / sum(increase(cascade_decisions_total{classifier="$version"}[$window]))'
+        ),
+        above=0.08,
+        window_s=86400,
+        for_s=0,
+    ),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Rollout:
+    """How `cascade canary` steps the canary's weight and when it rolls back."""
+
+    prometheus: str = "http://127.0.0.1:9090"
+    steps: tuple[float, ...] = (10.0, 50.0, 100.0)
+    #: time spent healthy at a step before the next one
+    step_interval_s: int = 3600
+    check_interval_s: int = 30
+    #: a trigger is judged only when the canary served at least this many requests in its window
+    min_requests: int = 100
+    volume_query: str = DEFAULT_VOLUME_QUERY
+    triggers: tuple[Trigger, ...] = DEFAULT_TRIGGERS
+
+
+@dataclass(frozen=True, slots=True)
 class Canary:
     version: str
     weight: float  # percent of requests, 0..100
     key_header: str
+    rollout: Rollout = field(default_factory=Rollout)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +199,51 @@ class ServerSettings:
     paths: tuple[str, ...] = DEFAULT_PATHS
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     rewrite_model: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RetrySettings:
+    """Envoy's retry policy on every tier route (docs/resilience.md)."""
+
+    num_retries: int = 2
+    retry_on: tuple[str, ...] = ("5xx", "reset", "connect-failure", "retriable-status-codes")
+    status_codes: tuple[int, ...] = (429, 503)
+    backoff_base_ms: int = 100
+    backoff_max_ms: int = 1000
+    #: a `Retry-After` up to this long is waited for; 0 = ignore Retry-After
+    retry_after_max_ms: int = 5000
+    #: 0 = no per-try limit (the route timeout bounds all tries): must exceed the longest
+    #: non-streamed generation, since it runs until the response headers arrive
+    per_try_timeout_s: int = 0
+    #: circuit breaker: concurrent retries per cluster (Envoy's default is 3)
+    max_concurrent: int = 100
+    #: failed attempts on a tier before its fallback tier takes over
+    attempts_per_tier: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class OutlierSettings:
+    """Passive health: eject a backend after consecutive 5xx / connect failures."""
+
+    enabled: bool = True
+    consecutive_5xx: int = 3
+    interval_ms: int = 5000
+    base_ejection_ms: int = 30000
+    max_ejection_percent: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class ExtProcCanary:
+    """A second classifier deployment taking `percent` of the streams (Envoy-level canary)."""
+
+    addresses: tuple[str, ...]
+    percent: float
+    #: `route`: runtime-fraction route, re-weighted live through the admin runtime;
+    #: `endpoints`: endpoint weights in one ext_proc cluster
+    mode: str = "route"
+    runtime_key: str = "cascade.classifier_canary_percent"
+    #: a request carrying this header (any value) always uses the canary deployment (route mode)
+    pin_header: str = "x-classifier-canary"
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +258,9 @@ class EnvoySettings:
     route_timeout_s: int = 300
     max_request_bytes: int = 16 * 1024 * 1024
     connect_timeout_ms: int = 1000
+    retries: RetrySettings = field(default_factory=RetrySettings)
+    outlier_detection: OutlierSettings = field(default_factory=OutlierSettings)
+    ext_proc_canary: ExtProcCanary | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +276,7 @@ class Snapshot:
     classifiers: Mapping[str, Classifier]
     server: ServerSettings
     envoy: EnvoySettings = field(default_factory=EnvoySettings)
+    telemetry: TelemetrySettings = field(default_factory=lambda: TelemetrySettings())  # noqa: PLW0108 (defined below)
     raw: Mapping[str, Any] = field(repr=False, compare=False, default_factory=dict)
 
     def tier(self, name: str) -> Tier:
@@ -254,6 +392,7 @@ _TOP_KEYS = {
     "classifiers",
     "server",
     "envoy",
+    "telemetry",
 }
 
 
@@ -304,6 +443,7 @@ def compile_document(document: object, source: str, digest: str = "") -> Snapsho
     canary = _compile_canary(check, top.get("canary"), versions, stable)
     server = _compile_server(check, top.get("server"))
     envoy = _compile_envoy(check, top.get("envoy"))
+    telemetry = _compile_telemetry(check, top.get("telemetry"))
     return Snapshot(
         source=source,
         digest=digest,
@@ -314,8 +454,12 @@ def compile_document(document: object, source: str, digest: str = "") -> Snapsho
         classifiers=classifiers,
         server=server,
         envoy=envoy,
+        telemetry=telemetry,
         raw=top,
     )
+
+
+_TIER_KEYS = {"name", "model", "price", "backends", "fallback", "mirror", "sticky_header"}
 
 
 def _compile_tiers(check: _Checker, value: object) -> tuple[Tier, ...]:
@@ -323,7 +467,7 @@ def _compile_tiers(check: _Checker, value: object) -> tuple[Tier, ...]:
     tiers: list[Tier] = []
     for index, item in enumerate(items):
         path = _join("tiers", index)
-        spec = check.mapping(item, path, {"name", "model", "price", "backends"}, {"name"})
+        spec = check.mapping(item, path, _TIER_KEYS, {"name"})
         name = check.string(spec["name"], _join(path, "name"))
         if any(t.name == name for t in tiers):
             raise check.fail(_join(path, "name"), f"duplicate tier {name!r}")
@@ -332,8 +476,74 @@ def _compile_tiers(check: _Checker, value: object) -> tuple[Tier, ...]:
         model = check.string(spec.get("model", ""), _join(path, "model"), empty=True)
         price = _compile_price(check, spec.get("price"), _join(path, "price"))
         backends = _compile_backends(check, spec.get("backends"), _join(path, "backends"), model)
-        tiers.append(Tier(name=name, rank=index, model=model, price=price, backends=backends))
+        sticky = check.string(
+            spec.get("sticky_header", "x-user-id"), _join(path, "sticky_header"), empty=True
+        )
+        tiers.append(
+            Tier(
+                name=name,
+                rank=index,
+                model=model,
+                price=price,
+                backends=backends,
+                sticky_header=sticky.strip().lower(),
+            )
+        )
+    names = tuple(t.name for t in tiers)
+    for index, item in enumerate(items):
+        tiers[index] = _link_tier(check, tiers[index], item, _join("tiers", index), names)
+    _check_fallback_cycles(check, tiers)
     return tuple(tiers)
+
+
+def _link_tier(
+    check: _Checker, tier: Tier, spec: dict[str, Any], path: str, names: tuple[str, ...]
+) -> Tier:
+    """`fallback` and `mirror` name other tiers: checked once every tier is known."""
+    fallback = None
+    if "fallback" in spec:
+        fallback = check.choice(spec["fallback"], _join(path, "fallback"), names)
+        if fallback == tier.name:
+            raise check.fail(_join(path, "fallback"), "a tier cannot fall back to itself")
+    mirror = None
+    if "mirror" in spec:
+        mirror_path = _join(path, "mirror")
+        raw = check.mapping(spec["mirror"], mirror_path, {"tier", "percent"}, {"tier", "percent"})
+        target = check.choice(raw["tier"], _join(mirror_path, "tier"), names)
+        if target == tier.name:
+            raise check.fail(_join(mirror_path, "tier"), "a tier cannot mirror to itself")
+        percent = check.number(raw["percent"], _join(mirror_path, "percent"))
+        if percent > 100:
+            raise check.fail(
+                _join(mirror_path, "percent"), f"expected a percentage 0..100, got {percent}"
+            )
+        mirror = Mirror(tier=target, percent=percent)
+    if fallback is None and mirror is None:
+        return tier
+    return replace(tier, fallback=fallback, mirror=mirror)
+
+
+def _check_fallback_cycles(check: _Checker, tiers: list[Tier]) -> None:
+    by_name = {t.name: t for t in tiers}
+    for index, tier in enumerate(tiers):
+        seen = [tier.name]
+        current = tier.fallback
+        while current is not None:
+            if current in seen:
+                chain = " -> ".join([*seen, current])
+                raise check.fail(_join(_join("tiers", index), "fallback"), f"cycle: {chain}")
+            seen.append(current)
+            current = by_name[current].fallback
+
+
+def fallback_chain(snapshot: Snapshot, tier: str) -> tuple[str, ...]:
+    """The tiers a request decided for `tier` may be served by, in order (itself first)."""
+    chain = [tier]
+    current = snapshot.tier(tier).fallback
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = snapshot.tier(current).fallback
+    return tuple(chain)
 
 
 def _compile_price(check: _Checker, value: object, path: str) -> Price:
@@ -351,11 +561,19 @@ def _compile_backends(
     if value is None:
         return ()
     backends: list[Backend] = []
+    named = 0
     for index, item in enumerate(check.sequence(value, path)):
         item_path = _join(path, index)
         spec = check.mapping(item, item_path, {"address", "model", "weight", "name"}, {"address"})
         address = check.string(spec["address"], _join(item_path, "address"))
         host, port = _host_port(check, address, _join(item_path, "address"))
+        if "name" in spec:
+            named += 1
+            label = check.string(spec["name"], _join(item_path, "name"))
+            if not label.isascii() or not label.replace("_", "").replace("-", "").isalnum():
+                raise check.fail(_join(item_path, "name"), "expected letters, digits, '-' or '_'")
+        elif named:
+            raise check.fail(_join(item_path, "name"), "name every backend of the tier, or none")
         backends.append(
             Backend(
                 address=host,
@@ -369,6 +587,8 @@ def _compile_backends(
                 name=check.string(spec.get("name", ""), _join(item_path, "name"), empty=True),
             )
         )
+    if named and named != len(backends):
+        raise check.fail(path, "name every backend of the tier, or none")
     return tuple(backends)
 
 
@@ -451,15 +671,110 @@ def _compile_canary(
 ) -> Canary | None:
     if value is None:
         return None
-    spec = check.mapping(value, "canary", {"version", "weight", "key_header"}, {"version"})
+    spec = check.mapping(
+        value, "canary", {"version", "weight", "key_header", "rollout"}, {"version"}
+    )
     version = check.choice(spec["version"], "canary.version", versions)
     if version == stable:
         raise check.fail("canary.version", "must differ from the stable 'classifier'")
-    weight = check.number(spec.get("weight", 0), "canary.weight")
-    if weight > 100:
-        raise check.fail("canary.weight", f"expected a percentage 0..100, got {weight}")
+    weight = _percent(check, spec.get("weight", 0), "canary.weight")
     key_header = check.string(spec.get("key_header", "x-user-id"), "canary.key_header").lower()
-    return Canary(version=version, weight=weight, key_header=key_header)
+    rollout = _compile_rollout(check, spec.get("rollout"), "canary.rollout")
+    return Canary(version=version, weight=weight, key_header=key_header, rollout=rollout)
+
+
+def _percent(check: _Checker, value: object, path: str) -> float:
+    number = check.number(value, path)
+    if number > 100:
+        raise check.fail(path, f"expected a percentage 0..100, got {number}")
+    return number
+
+
+_ROLLOUT_KEYS = {
+    "prometheus",
+    "steps",
+    "step_interval_s",
+    "check_interval_s",
+    "min_requests",
+    "volume_query",
+    "triggers",
+}
+_TRIGGER_KEYS = {"query", "above", "window_s", "for_s"}
+
+
+def _compile_rollout(check: _Checker, value: object, path: str) -> Rollout:
+    defaults = Rollout()
+    if value is None:
+        return defaults
+    spec = check.mapping(value, path, _ROLLOUT_KEYS)
+    prometheus = check.string(
+        spec.get("prometheus", defaults.prometheus), _join(path, "prometheus")
+    )
+    if not prometheus.startswith(("http://", "https://")):
+        raise check.fail(_join(path, "prometheus"), f"expected an http(s) URL, got {prometheus!r}")
+    steps_path = _join(path, "steps")
+    steps = tuple(
+        _percent(check, item, _join(steps_path, index))
+        for index, item in enumerate(check.sequence(spec.get("steps", [10, 50, 100]), steps_path))
+    )
+    if any(b <= a for a, b in itertools.pairwise(steps)) or steps[0] <= 0:
+        raise check.fail(steps_path, "expected increasing percentages above 0")
+    volume_query = check.string(
+        spec.get("volume_query", defaults.volume_query), _join(path, "volume_query")
+    )
+    return Rollout(
+        prometheus=prometheus.rstrip("/"),
+        steps=steps,
+        step_interval_s=check.integer(
+            spec.get("step_interval_s", defaults.step_interval_s),
+            _join(path, "step_interval_s"),
+            minimum=1,
+        ),
+        check_interval_s=check.integer(
+            spec.get("check_interval_s", defaults.check_interval_s),
+            _join(path, "check_interval_s"),
+            minimum=1,
+        ),
+        min_requests=check.integer(
+            spec.get("min_requests", defaults.min_requests), _join(path, "min_requests")
+        ),
+        volume_query=volume_query,
+        triggers=_compile_triggers(check, spec.get("triggers"), _join(path, "triggers")),
+    )
+
+
+def _compile_triggers(check: _Checker, value: object, path: str) -> tuple[Trigger, ...]:
+    """A mapping by trigger name; a default trigger's fields may be overridden one by one,
+    any other name needs `query` and `above`. A default trigger left out stays active."""
+    known = {t.name: t for t in DEFAULT_TRIGGERS}
+    if value is None:
+        return DEFAULT_TRIGGERS
+    spec = check.mapping(value, path, set(value) if isinstance(value, dict) else set())
+    result = dict(known)
+    for name, raw in spec.items():
+        item_path = _join(path, name)
+        if not name.replace("_", "").isalnum() or not name.isascii():
+            raise check.fail(item_path, "expected letters, digits or '_'")
+        if raw is False:
+            result.pop(name, None)
+            continue
+        base = known.get(name)
+        fields = check.mapping(raw, item_path, _TRIGGER_KEYS, set() if base else {"query", "above"})
+        if base is None:
+            base = Trigger(name=name, query="", above=0.0, window_s=300, for_s=300)
+        query = check.string(fields.get("query", base.query), _join(item_path, "query"))
+        if "$version" not in query:
+            raise check.fail(_join(item_path, "query"), "must select the version with $version")
+        result[name] = Trigger(
+            name=name,
+            query=query,
+            above=check.number(fields.get("above", base.above), _join(item_path, "above")),
+            window_s=check.integer(
+                fields.get("window_s", base.window_s), _join(item_path, "window_s"), minimum=1
+            ),
+            for_s=check.integer(fields.get("for_s", base.for_s), _join(item_path, "for_s")),
+        )
+    return tuple(result.values())
 
 
 def _compile_server(check: _Checker, value: object) -> ServerSettings:
@@ -504,6 +819,9 @@ _ENVOY_KEYS = {
     "route_timeout_s",
     "max_request_bytes",
     "connect_timeout_ms",
+    "retries",
+    "outlier_detection",
+    "ext_proc_canary",
 }
 
 
@@ -534,6 +852,376 @@ def _compile_envoy(check: _Checker, value: object) -> EnvoySettings:
             "connect_timeout_ms",
         )
     }
+    retries = _compile_retries(check, spec.get("retries"), "envoy.retries")
+    if retries.per_try_timeout_s > numbers["route_timeout_s"]:
+        raise check.fail(
+            "envoy.retries.per_try_timeout_s",
+            f"longer than envoy.route_timeout_s ({numbers['route_timeout_s']})",
+        )
     return EnvoySettings(
-        listen=addresses["listen"], admin=addresses["admin"], ext_proc=tuple(endpoints), **numbers
+        listen=addresses["listen"],
+        admin=addresses["admin"],
+        ext_proc=tuple(endpoints),
+        retries=retries,
+        outlier_detection=_compile_outlier(
+            check, spec.get("outlier_detection"), "envoy.outlier_detection"
+        ),
+        ext_proc_canary=_compile_ext_proc_canary(
+            check, spec.get("ext_proc_canary"), "envoy.ext_proc_canary", endpoints
+        ),
+        **numbers,
+    )
+
+
+#: Envoy's `retry_on` conditions that make sense for model backends.
+RETRY_ON = (
+    "5xx",
+    "gateway-error",
+    "reset",
+    "reset-before-request",
+    "connect-failure",
+    "envoy-ratelimited",
+    "retriable-4xx",
+    "refused-stream",
+    "retriable-status-codes",
+    "http3-post-connect-failure",
+)
+
+
+def _compile_retries(check: _Checker, value: object, path: str) -> RetrySettings:
+    defaults = RetrySettings()
+    if value is None:
+        return defaults
+    spec = check.mapping(value, path, {f.name for f in fields(RetrySettings)})
+    on_path = _join(path, "retry_on")
+    retry_on = tuple(
+        check.choice(item, _join(on_path, index), RETRY_ON)
+        for index, item in enumerate(
+            check.sequence(spec.get("retry_on", list(defaults.retry_on)), on_path)
+        )
+    )
+    codes_path = _join(path, "status_codes")
+    codes = tuple(
+        check.integer(item, _join(codes_path, index), minimum=400)
+        for index, item in enumerate(
+            check.sequence(spec.get("status_codes", list(defaults.status_codes)), codes_path)
+        )
+    )
+    for index, code in enumerate(codes):
+        if code > 599:
+            raise check.fail(_join(codes_path, index), f"expected a status 400..599, got {code}")
+    if codes and "retriable-status-codes" not in retry_on:
+        raise check.fail(on_path, "status_codes need 'retriable-status-codes' in retry_on")
+
+    def number(key: str, minimum: int = 0) -> int:
+        return check.integer(
+            spec.get(key, getattr(defaults, key)), _join(path, key), minimum=minimum
+        )
+
+    settings = RetrySettings(
+        num_retries=number("num_retries"),
+        retry_on=retry_on,
+        status_codes=codes,
+        backoff_base_ms=number("backoff_base_ms", 1),
+        backoff_max_ms=number("backoff_max_ms", 1),
+        retry_after_max_ms=number("retry_after_max_ms"),
+        per_try_timeout_s=number("per_try_timeout_s"),
+        max_concurrent=number("max_concurrent", 1),
+        attempts_per_tier=number("attempts_per_tier", 1),
+    )
+    if settings.backoff_max_ms < settings.backoff_base_ms:
+        raise check.fail(_join(path, "backoff_max_ms"), "must be >= backoff_base_ms")
+    return settings
+
+
+def _compile_outlier(check: _Checker, value: object, path: str) -> OutlierSettings:
+    defaults = OutlierSettings()
+    if value is None:
+        return defaults
+    spec = check.mapping(value, path, {f.name for f in fields(OutlierSettings)})
+    numbers = {
+        key: check.integer(spec.get(key, getattr(defaults, key)), _join(path, key), minimum=1)
+        for key in ("consecutive_5xx", "interval_ms", "base_ejection_ms", "max_ejection_percent")
+    }
+    if numbers["max_ejection_percent"] > 100:
+        raise check.fail(_join(path, "max_ejection_percent"), "expected a percentage 1..100")
+    enabled = check.boolean(spec.get("enabled", True), _join(path, "enabled"))
+    return OutlierSettings(enabled=enabled, **numbers)
+
+
+def _compile_ext_proc_canary(
+    check: _Checker, value: object, path: str, stable: list[str]
+) -> ExtProcCanary | None:
+    if value is None:
+        return None
+    spec = check.mapping(
+        value,
+        path,
+        {"addresses", "percent", "mode", "runtime_key", "pin_header"},
+        {"addresses", "percent"},
+    )
+    addresses = []
+    for index, item in enumerate(check.sequence(spec["addresses"], _join(path, "addresses"))):
+        item_path = _join(_join(path, "addresses"), index)
+        text = check.string(item, item_path)
+        _host_port(check, text, item_path)
+        if text in stable:
+            raise check.fail(item_path, f"{text} is also in envoy.ext_proc")
+        addresses.append(text)
+    defaults = ExtProcCanary(addresses=(), percent=0)
+    runtime_key = check.string(
+        spec.get("runtime_key", defaults.runtime_key), _join(path, "runtime_key")
+    )
+    if any(c.isspace() for c in runtime_key):
+        raise check.fail(_join(path, "runtime_key"), "expected no whitespace")
+    pin_header = check.string(
+        spec.get("pin_header", defaults.pin_header), _join(path, "pin_header")
+    ).lower()
+    if pin_header.startswith("x-cascade-"):
+        raise check.fail(
+            _join(path, "pin_header"),
+            "x-cascade-* headers from clients are removed before routing; pick another name",
+        )
+    return ExtProcCanary(
+        addresses=tuple(addresses),
+        percent=_percent(check, spec["percent"], _join(path, "percent")),
+        mode=check.choice(
+            spec.get("mode", defaults.mode), _join(path, "mode"), ("route", "endpoints")
+        ),
+        runtime_key=runtime_key,
+        pin_header=pin_header,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# telemetry: what the server observes and where it keeps it (docs/observability.md)
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionLogSettings:
+    """The JSON-lines decision log: one record per request, rotated by size."""
+
+    path: str
+    max_bytes: int = 100 * 1024 * 1024
+    #: rotated files kept beside the live one (`PATH.1` ... `PATH.N`)
+    backups: int = 5
+    #: records waiting for the writer thread; more are dropped and counted
+    queue_size: int = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPatternSettings:
+    """Retry pattern: a similar request from the same user soon after a weak-tier answer."""
+
+    enabled: bool = True
+    similarity: float = 0.8
+    window_s: int = 300
+    #: recent requests remembered per user
+    per_user: int = 8
+
+
+@dataclass(frozen=True, slots=True)
+class FeedbackSettings:
+    """How feedback on a request turns into a misroute suspicion."""
+
+    #: a strong answer with a non-negative score to a prompt at most this long is a suspected
+    #: false positive (when it was also cheap, see `cheap_output_tokens`)
+    short_prompt_chars: int = 200
+    cheap_output_tokens: int = 256
+
+
+@dataclass(frozen=True, slots=True)
+class StateSettings:
+    """Where retry-pattern and feedback state lives: this process, or Redis for replicas."""
+
+    backend: str = "memory"
+    url: str = ""
+    #: memory backend bounds (least recently used entries are dropped first)
+    max_users: int = 10_000
+    max_requests: int = 50_000
+    #: how long a request stays known to `SubmitFeedback`
+    request_ttl_s: int = 86_400
+    #: Redis command timeout; state calls never block an ext_proc answer
+    timeout_ms: int = 200
+    key_prefix: str = "cascade:"
+
+
+@dataclass(frozen=True, slots=True)
+class TelemetrySettings:
+    #: `cascade render envoy`: let the server see response bodies (STREAMED, each chunk answered
+    #: at once) for TTFT, tokens, cost and the tier that really served
+    response_processing: bool = True
+    #: request headers identifying a user (first present wins); only a hash is kept
+    user_key_headers: tuple[str, ...] = ("x-user-id",)
+    #: prompt text on spans and in the decision log, after `redact`
+    capture_prompts: bool = False
+    #: `builtin` (e-mail addresses, key-like tokens, long digit runs), `none`, or
+    #: `module:function` taking and returning a string
+    redact: str = "builtin"
+    #: output tokens per second at full use, to spread `per_hour` prices over requests
+    tokens_per_second: float = 1000.0
+    #: a non-streamed JSON answer is kept up to this size to read its `usage`
+    max_response_bytes: int = 1024 * 1024
+    decision_log: DecisionLogSettings | None = None
+    retry: RetryPatternSettings = field(default_factory=RetryPatternSettings)
+    feedback: FeedbackSettings = field(default_factory=FeedbackSettings)
+    state: StateSettings = field(default_factory=StateSettings)
+
+
+_TELEMETRY_KEYS = {
+    "response_processing",
+    "user_key_headers",
+    "capture_prompts",
+    "redact",
+    "tokens_per_second",
+    "max_response_bytes",
+    "decision_log",
+    "retry",
+    "feedback",
+    "state",
+}
+
+
+def _compile_telemetry(check: _Checker, value: object) -> TelemetrySettings:
+    if value is None:
+        return TelemetrySettings()
+    spec = check.mapping(value, "telemetry", _TELEMETRY_KEYS)
+    defaults = TelemetrySettings()
+    headers = spec.get("user_key_headers", list(defaults.user_key_headers))
+    if isinstance(headers, str):
+        headers = [headers]
+    names = tuple(
+        check.string(item, _join("telemetry.user_key_headers", index)).lower()
+        for index, item in enumerate(
+            check.sequence(headers, "telemetry.user_key_headers", empty=True)
+        )
+    )
+    redact = check.string(spec.get("redact", defaults.redact), "telemetry.redact")
+    if redact not in ("builtin", "none"):
+        module, sep, attribute = redact.partition(":")
+        if not sep or not module or not attribute:
+            raise check.fail(
+                "telemetry.redact", f"expected builtin, none or module:function, got {redact!r}"
+            )
+    tokens_per_second = check.number(
+        spec.get("tokens_per_second", defaults.tokens_per_second), "telemetry.tokens_per_second"
+    )
+    if tokens_per_second <= 0:
+        raise check.fail("telemetry.tokens_per_second", "expected a number > 0")
+    return TelemetrySettings(
+        response_processing=check.boolean(
+            spec.get("response_processing", defaults.response_processing),
+            "telemetry.response_processing",
+        ),
+        user_key_headers=names,
+        capture_prompts=check.boolean(
+            spec.get("capture_prompts", defaults.capture_prompts), "telemetry.capture_prompts"
+        ),
+        redact=redact,
+        tokens_per_second=tokens_per_second,
+        max_response_bytes=check.integer(
+            spec.get("max_response_bytes", defaults.max_response_bytes),
+            "telemetry.max_response_bytes",
+            minimum=1024,
+        ),
+        decision_log=_compile_decision_log(check, spec.get("decision_log")),
+        retry=_compile_retry_pattern(check, spec.get("retry")),
+        feedback=_compile_feedback(check, spec.get("feedback")),
+        state=_compile_state(check, spec.get("state")),
+    )
+
+
+def _compile_decision_log(check: _Checker, value: object) -> DecisionLogSettings | None:
+    if value is None:
+        return None
+    path = "telemetry.decision_log"
+    spec = check.mapping(value, path, {"path", "max_bytes", "backups", "queue_size"}, {"path"})
+    defaults = DecisionLogSettings(path="")
+    return DecisionLogSettings(
+        path=check.string(spec["path"], _join(path, "path")),
+        max_bytes=check.integer(
+            spec.get("max_bytes", defaults.max_bytes), _join(path, "max_bytes"), minimum=1024
+        ),
+        backups=check.integer(spec.get("backups", defaults.backups), _join(path, "backups")),
+        queue_size=check.integer(
+            spec.get("queue_size", defaults.queue_size), _join(path, "queue_size"), minimum=1
+        ),
+    )
+
+
+def _compile_retry_pattern(check: _Checker, value: object) -> RetryPatternSettings:
+    if value is None:
+        return RetryPatternSettings()
+    path = "telemetry.retry"
+    spec = check.mapping(value, path, {"enabled", "similarity", "window_s", "per_user"})
+    defaults = RetryPatternSettings()
+    similarity = check.number(
+        spec.get("similarity", defaults.similarity), _join(path, "similarity")
+    )
+    if not 0 < similarity <= 1:
+        raise check.fail(
+            _join(path, "similarity"), f"expected 0 < similarity <= 1, got {similarity}"
+        )
+    return RetryPatternSettings(
+        enabled=check.boolean(spec.get("enabled", defaults.enabled), _join(path, "enabled")),
+        similarity=similarity,
+        window_s=check.integer(
+            spec.get("window_s", defaults.window_s), _join(path, "window_s"), minimum=1
+        ),
+        per_user=check.integer(
+            spec.get("per_user", defaults.per_user), _join(path, "per_user"), minimum=1
+        ),
+    )
+
+
+def _compile_feedback(check: _Checker, value: object) -> FeedbackSettings:
+    if value is None:
+        return FeedbackSettings()
+    path = "telemetry.feedback"
+    spec = check.mapping(value, path, {"short_prompt_chars", "cheap_output_tokens"})
+    defaults = FeedbackSettings()
+    return FeedbackSettings(
+        **{
+            key: check.integer(spec.get(key, getattr(defaults, key)), _join(path, key))
+            for key in ("short_prompt_chars", "cheap_output_tokens")
+        }
+    )
+
+
+_STATE_KEYS = {
+    "backend",
+    "url",
+    "max_users",
+    "max_requests",
+    "request_ttl_s",
+    "timeout_ms",
+    "key_prefix",
+}
+
+
+def _compile_state(check: _Checker, value: object) -> StateSettings:
+    if value is None:
+        return StateSettings()
+    path = "telemetry.state"
+    spec = check.mapping(value, path, _STATE_KEYS)
+    defaults = StateSettings()
+    backend = check.choice(
+        spec.get("backend", defaults.backend), _join(path, "backend"), ("memory", "redis")
+    )
+    url = check.string(spec.get("url", ""), _join(path, "url"), empty=True)
+    if backend == "redis" and not url.startswith(("redis://", "rediss://", "unix://")):
+        raise check.fail(
+            _join(path, "url"), f"the redis backend needs a redis:// or unix:// URL, got {url!r}"
+        )
+    numbers = {
+        key: check.integer(spec.get(key, getattr(defaults, key)), _join(path, key), minimum=1)
+        for key in ("max_users", "max_requests", "request_ttl_s", "timeout_ms")
+    }
+    return StateSettings(
+        backend=backend,
+        url=url,
+        key_prefix=check.string(
+            spec.get("key_prefix", defaults.key_prefix), _join(path, "key_prefix")
+        ),
+        **numbers,
     )

@@ -16,3 +16,15 @@ PATH = ":path"
 METHOD = ":method"
 CONTENT_TYPE = "content-type"
 CONTENT_LENGTH = "content-length"
+#: Set by Envoy's mirror policy on shadow copies: the tier the original request was routed to.
+SHADOW_OF = "x-cascade-shadow-of"
+#: gRPC initial metadata naming the role of an ext_proc stream; `upstream` = per-attempt filter.
+ROLE_METADATA = "x-cascade-role"
+ROLE_UPSTREAM = "upstream"
+STATUS = ":status"
+#: Response headers Envoy's routes add: the decided tier and the cluster that served.
+SERVED_TIER = "x-cascade-served-tier"
+SERVED_CLUSTER = "x-cascade-served-cluster"
+#: W3C trace context, read from the request and set on the way upstream.
+TRACEPARENT = "traceparent"
+TRACESTATE = "tracestate"

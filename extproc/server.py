@@ -9,10 +9,20 @@ import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
+from extproc import headers
 from extproc.config import Snapshot
 from extproc.processor import Observer, RequestProcessor
+from extproc.upstream import UpstreamProcessor
 
 logger = logging.getLogger(__name__)
+
+
+def role_of(context: grpc.aio.ServicerContext[pb.ProcessingRequest, pb.ProcessingResponse]) -> str:
+    """The stream's role from gRPC metadata `x-cascade-role` (absent: the classifier)."""
+    for key, value in context.invocation_metadata() or ():
+        if key == headers.ROLE_METADATA:
+            return str(value)
+    return ""
 
 
 class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
@@ -29,7 +39,11 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
         request_iterator: AsyncIterator[pb.ProcessingRequest],
         context: grpc.aio.ServicerContext[pb.ProcessingRequest, pb.ProcessingResponse],
     ) -> AsyncIterator[pb.ProcessingResponse]:
-        processor = RequestProcessor(self._snapshot(), self._observer)
+        processor: RequestProcessor | UpstreamProcessor
+        if role_of(context) == headers.ROLE_UPSTREAM:  # per-attempt filter on a cluster
+            processor = UpstreamProcessor(self._snapshot(), self._observer)
+        else:
+            processor = RequestProcessor(self._snapshot(), self._observer)
         self.in_flight += 1
         try:
             async for request in request_iterator:
@@ -38,3 +52,4 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
                     return
         finally:
             self.in_flight -= 1
+            processor.close()

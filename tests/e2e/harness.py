@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -69,14 +69,31 @@ class Gateway:
     """One running stack. `request()` goes through Envoy's listener."""
 
     def __init__(
-        self, workdir: Path, config_overrides: str = "", stream_delay_ms: int = 150
+        self,
+        workdir: Path,
+        config_overrides: str = "",
+        stream_delay_ms: int = 150,
+        *,
+        extra_backends: dict[str, str] | None = None,
+        edit_config: Callable[[dict[str, Any], Gateway], None] | None = None,
+        before_envoy: Callable[[Gateway], dict[str, Any]] | None = None,
+        classifier_env: dict[str, str] | None = None,
     ) -> None:
+        """`extra_backends`: more mock backends, name -> model (in `backends`);
+        `edit_config(document, gateway)`: change the cascade config after the overrides;
+        `before_envoy(gateway)`: runs once the classifier is up, returns `envoy:` overrides."""
         self.workdir = workdir
         self.loop = BackgroundLoop()
         self.backends = {
             "weak": MockBackend("weak", ["qwen3-4b"], stream_delay_ms=stream_delay_ms),
             "strong": MockBackend("strong", ["glm-5"], stream_delay_ms=stream_delay_ms),
         }
+        for name, model in (extra_backends or {}).items():
+            self.backends[name] = MockBackend(name, [model], stream_delay_ms=stream_delay_ms)
+        self._edit_config = edit_config
+        #: extra environment of `cascade serve` (e.g. OTEL_* variables)
+        self.classifier_env: dict[str, str] = dict(classifier_env or {})
+        self.processes: list[subprocess.Popen[bytes]] = []
         for backend in self.backends.values():
             self.loop.run(backend.start())
         self.config_path = workdir / "cascade.yaml"
@@ -87,7 +104,7 @@ class Gateway:
         self.envoy: subprocess.Popen[bytes] | None = None
         self.port = 0
         self.admin_port = 0
-        self._start_envoy()
+        self._start_envoy(before_envoy(self) if before_envoy else {})
 
     # -- configuration -------------------------------------------------------------------------
 
@@ -103,34 +120,56 @@ class Gateway:
                     document[key].update(value)
                 else:
                     document[key] = value
+        if self._edit_config is not None:
+            self._edit_config(document, self)
         return yaml.safe_dump(document, allow_unicode=True, sort_keys=False)
 
     # -- processes -----------------------------------------------------------------------------
 
     def start_classifier(self) -> None:
-        port_file = self.workdir / "classifier.port"
+        self.classifier, self.classifier_port = self.spawn_classifier(
+            self.config_path, "classifier", self.classifier_port
+        )
+
+    def spawn_classifier(
+        self, config: Path, name: str, port: int = 0
+    ) -> tuple[subprocess.Popen[bytes], int]:
+        """Another `cascade serve` (logs in `<name>.log`, killed by `close`)."""
+        port_file = self.workdir / f"{name}.port"
         port_file.unlink(missing_ok=True)
-        listen = f"127.0.0.1:{self.classifier_port}"
-        with (self.workdir / "classifier.log").open("ab") as log:
-            self.classifier = subprocess.Popen(
+        listen = f"127.0.0.1:{port}"
+        with (self.workdir / f"{name}.log").open("ab") as log:
+            process = subprocess.Popen(
                 [
                     str(CASCADE),
                     "serve",
                     "--config",
-                    str(self.config_path),
+                    str(config),
                     "--listen",
                     listen,
                     "--drain-delay",
                     "2.5",
                     "--grace",
                     "5",
+                    *_free_metrics_port(),
                 ],
                 stdout=log,
                 stderr=log,
-                env={**os.environ, "CASCADE_PORT_FILE": str(port_file)},
+                env={
+                    **os.environ,
+                    "CASCADE_PORT_FILE": str(port_file),
+                    "CASCADE_METRICS_PORT_FILE": str(self.workdir / f"{name}.metrics-port"),
+                    **self.classifier_env,
+                },
             )
+        self.processes.append(process)
         wait_for(port_file.exists, 20, "cascade serve to bind")
-        self.classifier_port = int(port_file.read_text())
+        return process, int(port_file.read_text())
+
+    def metrics(self, name: str = "classifier") -> str:
+        """The Prometheus text of a `cascade serve` started by `spawn_classifier`."""
+        port = int((self.workdir / f"{name}.metrics-port").read_text())
+        return http_request(port, "GET", "/metrics").body.decode()
 
     def stop_classifier(self, sig: int = signal.SIGKILL) -> int:
         assert self.classifier is not None
@@ -139,7 +178,7 @@ class Gateway:
         self.classifier = None
         return code
 
-    def _start_envoy(self) -> None:
+    def _start_envoy(self, overrides: dict[str, Any]) -> None:
         snapshot = compile_config(self.config_path.read_text(), str(self.config_path))
         snapshot = dataclasses.replace(
             snapshot,
@@ -148,6 +187,7 @@ class Gateway:
                 listen="127.0.0.1:0",
                 admin="127.0.0.1:0",
                 ext_proc=(f"127.0.0.1:{self.classifier_port}",),
+                **overrides,
             ),
         )
         envoy_config = self.workdir / "envoy.yaml"
@@ -186,7 +226,7 @@ class Gateway:
         )
 
     def close(self) -> None:
-        for proc in (self.envoy, self.classifier):
+        for proc in (self.envoy, self.classifier, *self.processes):
             if proc is not None and proc.poll() is None:
                 proc.kill()
                 proc.wait(10)
@@ -228,6 +268,17 @@ class Gateway:
             body,
             {"content-type": "application/json", **(headers or {})},
         )
+
+
+def _free_metrics_port() -> list[str]:
+    """Several servers run at once: give each a free metrics port (when serve has one)."""
+    from extproc.cli import build_parser
+
+    for action in build_parser()._actions:
+        serve = action.choices.get("serve") if isinstance(action.choices, dict) else None
+        if serve is not None and "--metrics-listen" in serve._option_string_actions:
+            return ["--metrics-listen", "127.0.0.1:0"]
+    return []
 
 
 def http_request(
