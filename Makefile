@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # Debian packages the test suite starts for real (installed when missing, needs root or sudo).
 SYSTEM_PACKAGES ?= prometheus redis-server
 
-.PHONY: install sysdeps lint typecheck test test-unit test-e2e demo bench clean protos
+.PHONY: install sysdeps lint typecheck test test-unit test-e2e demo bench clean protos render
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,13 @@ bench: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+
+# Re-render every shipped Envoy config from its cascade config (tests fail when one is stale).
+render: install
+	$(BIN)/cascade render envoy --config envoy/cascade.yaml -o envoy/envoy.yaml
+	for f in envoy/variants/*.cascade.yaml; do \
+	  $(BIN)/cascade render envoy --config $$f -o $${f%.cascade.yaml}.envoy.yaml; done
+	$(BIN)/cascade render envoy --config k8s/overlays/envoy/cascade.yaml -o k8s/overlays/envoy/envoy.yaml
 
 # Regenerate extproc/_pb from protos/ (committed; tests/unit/test_protos.py checks it is current).
 protos: install

@@ -108,6 +108,7 @@ def ext_proc_filter(snapshot: Snapshot) -> dict[str, Any]:
             },
             "failure_mode_allow": True,
             "message_timeout": _ms(settings.message_timeout_ms),
+            "forward_rules": forwarded_headers(snapshot),
             **response_processing(snapshot),
             "route_cache_action": "DEFAULT",
             "mutation_rules": {
@@ -118,6 +119,31 @@ def ext_proc_filter(snapshot: Snapshot) -> dict[str, Any]:
             },
             "stat_prefix": "cascade",
         },
+    }
+
+
+def forwarded_headers(snapshot: Snapshot) -> dict[str, Any]:
+    """Send the classifier only the request headers it reads.
+
+    Less to encode, send and decode on every request, and credentials (`authorization`,
+    API keys, cookies) never reach it at all.
+    """
+    names = [
+        headers.PATH,
+        headers.METHOD,
+        headers.REQUEST_ID,
+        headers.CONTENT_TYPE,
+        "traceparent",
+        "tracestate",
+        *snapshot.telemetry.user_key_headers,
+    ]
+    if snapshot.canary is not None:
+        names.append(snapshot.canary.key_header)
+    unique = list(dict.fromkeys(name.lower() for name in names))
+    return {
+        "allowed_headers": {
+            "patterns": [{"exact": name} for name in unique] + [{"prefix": headers.PREFIX}]
+        }
     }
 
 

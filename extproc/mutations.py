@@ -71,7 +71,31 @@ def routed(
 
     `clear_route_cache` makes Envoy match the route again with the new headers. A new body
     (model rewrite) comes with a matching `content-length`: a stale one makes Envoy answer 500.
+    The common answer (same tier, version and reason, nothing else) is built once and reused.
     """
+    if body is None and not remove and not extra:
+        key = (kind, decision.tier, decision.classifier, decision.reason)
+        cached = _ROUTED.get(key)
+        if cached is None:
+            if len(_ROUTED) >= _ROUTED_MAX:
+                _ROUTED.clear()
+            cached = _ROUTED[key] = _build_routed(kind, decision, None, (), ())
+        return cached
+    return _build_routed(kind, decision, body, remove, extra)
+
+
+# Answers are never mutated once built, so identical decisions can share one message.
+_ROUTED: dict[tuple[str, str, str, str], pb.ProcessingResponse] = {}
+_ROUTED_MAX = 4096
+
+
+def _build_routed(
+    kind: str,
+    decision: Decision,
+    body: bytes | None,
+    remove: Iterable[str],
+    extra: Iterable[tuple[str, str]],
+) -> pb.ProcessingResponse:
     extra_headers = list(extra)
     if body is not None:
         extra_headers.append((headers.CONTENT_LENGTH, str(len(body))))

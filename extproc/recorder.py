@@ -27,6 +27,7 @@ from extproc.decision_log import DecisionLog
 from extproc.metrics import Metrics
 from extproc.misroute import (
     FALSE_NEGATIVE,
+    MemoryState,
     RecentRequest,
     RequestSummary,
     RetryMatch,
@@ -332,6 +333,9 @@ class Recorder:
     async def _guarded(self, operation: str, call: Any) -> Any:
         timeout = self._snapshot().telemetry.state.timeout_ms / 1000
         try:
+            if isinstance(self.state, MemoryState):
+                # never waits: no timeout task needed (wait_for costs a task per call)
+                return await call
             return await asyncio.wait_for(call, timeout)
         except Exception as exc:
             self.metrics.state_errors.labels(operation).inc()
