@@ -28,6 +28,7 @@ from pathlib import Path
 import yaml
 
 from extproc.config import DEFAULT_CONFIG, Backend, Snapshot, compile_config
+from extproc.envoy_process import admin_port, envoy_command
 from extproc.envoy_render import render_yaml
 from extproc.mock_backend import MockBackend, MockBackendThread
 
@@ -68,23 +69,12 @@ def start_envoy(
     admin_file = workdir / f"{name}.admin"
     log = (workdir / f"{name}.log").open("wb")
     process = subprocess.Popen(
-        [
-            str(BIN / "envoy"),
-            "-c",
-            str(config),
-            "--concurrency",
-            "1",
-            "--use-dynamic-base-id",
-            "--admin-address-path",
-            str(admin_file),
-            "--log-level",
-            "error",
-        ],
+        envoy_command(config, admin_file),
         stdout=log,
         stderr=log,
     )
-    wait(lambda: admin_file.exists() and admin_file.read_text().strip(), 30, f"{name} admin")
-    admin = int(admin_file.read_text().strip().rpartition(":")[2])
+    wait(lambda: admin_port(admin_file) is not None, 30, f"{name} admin")
+    admin = admin_port(admin_file) or 0
 
     def healthy() -> bool:
         try:

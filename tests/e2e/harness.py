@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import yaml
 
 from extproc.config import DEFAULT_CONFIG, compile_config
+from extproc.envoy_process import admin_port, envoy_command
 from extproc.envoy_render import render_yaml
 from extproc.mock_backend import MockBackend
 
@@ -195,23 +196,12 @@ class Gateway:
         admin_file = self.workdir / "admin.address"
         with (self.workdir / "envoy.log").open("ab") as log:
             self.envoy = subprocess.Popen(
-                [
-                    str(ENVOY),
-                    "-c",
-                    str(envoy_config),
-                    "--concurrency",
-                    "1",
-                    "--use-dynamic-base-id",
-                    "--admin-address-path",
-                    str(admin_file),
-                    "--log-level",
-                    "warning",
-                ],
+                envoy_command(envoy_config, admin_file, "warning"),
                 stdout=log,
                 stderr=log,
             )
-        wait_for(lambda: admin_file.exists() and admin_file.read_text().strip(), 30, "envoy admin")
-        self.admin_port = int(admin_file.read_text().strip().rpartition(":")[2])
+        wait_for(lambda: admin_port(admin_file) is not None, 30, "envoy admin")
+        self.admin_port = admin_port(admin_file) or 0
         wait_for(lambda: self.admin("/ready").body.strip() == b"LIVE", 30, "envoy LIVE")
         listeners = self.admin("/listeners?format=json").json()
         address = listeners["listener_statuses"][0]["local_address"]["socket_address"]
