@@ -16,6 +16,7 @@ import socket
 import sys
 import tempfile
 import time
+import unicodedata
 import urllib.parse
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -218,12 +219,15 @@ class Demo:
 
     def _table(self, rows: Sequence[Sequence[str]]) -> None:
         head = ("request", "status", "tier", "rule / reason", "backend", "latency")
-        widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
-        line = "  ".join("{:<" + str(w) + "}" for w in widths)
-        self.out(line.format(*head))
-        self.out(line.format(*("-" * w for w in widths)))
+        widths = [max(_width(r[i]) for r in [head, *rows]) for i in range(len(head))]
+
+        def line(cells: Sequence[str]) -> str:
+            return "  ".join(c + " " * (w - _width(c)) for c, w in zip(cells, widths, strict=True))
+
+        self.out(line(head).rstrip())
+        self.out(line(["-" * w for w in widths]).rstrip())
         for row in rows:
-            self.out(line.format(*row))
+            self.out(line(row).rstrip())
 
     async def stop(self) -> None:
         if self.envoy is not None and self.envoy.returncode is None:
@@ -334,6 +338,11 @@ async def run_demo(once: bool, listen_port: int, out: Callable[[str], None] = pr
             return 0
         finally:
             await demo.stop()
+
+
+def _width(text: str) -> int:
+    """Terminal columns: Korean and Chinese characters take two."""
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
 
 
 def _available(port: int) -> int:
