@@ -96,16 +96,26 @@ def _ms(value: int) -> str:
     return f"{value / 1000:.3f}s"
 
 
+def _grpc_service(
+    message_timeout_ms: int, metadata: list[dict[str, str]] | None = None
+) -> dict[str, Any]:
+    """The gRPC service of both ext_proc filters (classifier and per-attempt upstream)."""
+    service: dict[str, Any] = {
+        "envoy_grpc": {"cluster_name": EXT_PROC_CLUSTER},
+        "timeout": _ms(message_timeout_ms * 2),
+    }
+    if metadata:
+        service["initial_metadata"] = metadata
+    return service
+
+
 def ext_proc_filter(snapshot: Snapshot) -> dict[str, Any]:
     settings = snapshot.envoy
     return {
         "name": "envoy.filters.http.ext_proc",
         "typed_config": {
             "@type": TYPE + "envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
-            "grpc_service": {
-                "envoy_grpc": {"cluster_name": EXT_PROC_CLUSTER},
-                "timeout": _ms(settings.message_timeout_ms * 2),
-            },
+            "grpc_service": _grpc_service(settings.message_timeout_ms),
             "failure_mode_allow": True,
             "message_timeout": _ms(settings.message_timeout_ms),
             "forward_rules": forwarded_headers(snapshot),
@@ -182,13 +192,10 @@ def upstream_ext_proc_filter(snapshot: Snapshot, *, rewrite: bool) -> dict[str, 
         "name": "envoy.filters.http.ext_proc",
         "typed_config": {
             "@type": TYPE + "envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
-            "grpc_service": {
-                "envoy_grpc": {"cluster_name": EXT_PROC_CLUSTER},
-                "timeout": _ms(settings.message_timeout_ms * 2),
-                "initial_metadata": [
-                    {"key": headers.ROLE_METADATA, "value": headers.ROLE_UPSTREAM}
-                ],
-            },
+            "grpc_service": _grpc_service(
+                settings.message_timeout_ms,
+                [{"key": headers.ROLE_METADATA, "value": headers.ROLE_UPSTREAM}],
+            ),
             # Unreachable server: the attempt goes out unchanged rather than failing.
             "failure_mode_allow": True,
             "message_timeout": _ms(settings.message_timeout_ms),
