@@ -17,7 +17,7 @@ import contextlib
 import datetime
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,6 +75,19 @@ def cost_of(snapshot: Snapshot, tier: str, tokens_in: int | None, tokens_out: in
         + price.output_per_mtok * tout / 1e6
         + price.per_hour / 3600 * tout / snapshot.telemetry.tokens_per_second
     )
+
+
+def _finish_without_waiting(coroutine: Coroutine[Any, Any, None]) -> bool:
+    """Run a coroutine that never suspends to its end; False (and closed) if it did suspend."""
+    try:
+        coroutine.send(None)
+    except StopIteration:
+        return True
+    except Exception:
+        logger.exception("telemetry completion failed")
+        return True
+    coroutine.close()
+    return False
 
 
 class Recorder:
@@ -214,6 +227,14 @@ class Recorder:
         end_ns = request.started_ns + int((end - request.started) * 1e9)
         item = _Finished(request, response, cost, end_ns)
         if self._queue is None:
+            return
+        if isinstance(self.state, MemoryState) and self._queue.empty():
+            # Nothing here can wait with in-memory state: finish now, without a task switch.
+            if _finish_without_waiting(self._complete(item)):
+                return
+            logger.error(
+                "in-memory telemetry completion suspended (request %s)", request.request_id
+            )
             return
         try:
             self._queue.put_nowait(item)
