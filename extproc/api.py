@@ -8,14 +8,19 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
+from extproc import h2_frames
 from extproc._pb.cascade.v1 import cascade_pb2 as pb
 from extproc._pb.cascade.v1 import cascade_pb2_grpc as pb_grpc
 from extproc.chat import ChatRequest
 from extproc.classify import choose_classifier, classify
 from extproc.config import Snapshot
+from extproc.h2_frames import GrpcError
+from extproc.h2_server import UnaryMethod
 from extproc.misroute import FALSE_NEGATIVE, FALSE_POSITIVE
 from extproc.processor import RequestInfo, ResponseInfo, retry_excerpt
 from extproc.recorder import Recorder
@@ -127,3 +132,39 @@ def _metadata(context: grpc.aio.ServicerContext[object, object], name: str) -> s
 
 def add_to_server(service: CascadeService, server: grpc.aio.Server) -> None:
     pb_grpc.add_CascadeServicer_to_server(service, server)  # type: ignore[no-untyped-call]
+
+
+class _H2Context:
+    """What the service's methods use of a grpc.aio context, on the HTTP/2 transport."""
+
+    def __init__(self, metadata: dict[str, str]) -> None:
+        self._metadata = metadata
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return tuple(self._metadata.items())
+
+    async def abort(self, code: grpc.StatusCode, details: str) -> None:
+        raise GrpcError(int(code.value[0]), details)
+
+
+def h2_methods(service: CascadeService) -> dict[str, UnaryMethod]:
+    """The service's unary methods for `extproc.h2_server`, by path."""
+
+    async def classify(raw: bytes, metadata: dict[str, str]) -> bytes:
+        request = _parse(pb.ClassifyRequest, raw)
+        context: Any = _H2Context(metadata)
+        return bytes((await service.Classify(request, context)).SerializeToString())
+
+    async def submit_feedback(raw: bytes, metadata: dict[str, str]) -> bytes:
+        request = _parse(pb.SubmitFeedbackRequest, raw)
+        context: Any = _H2Context(metadata)
+        return bytes((await service.SubmitFeedback(request, context)).SerializeToString())
+
+    return {CLASSIFY_PATH: classify, f"/{SERVICE}/SubmitFeedback": submit_feedback}
+
+
+def _parse(kind: Any, raw: bytes) -> Any:
+    try:
+        return kind.FromString(raw)
+    except DecodeError as exc:
+        raise GrpcError(h2_frames.INVALID_ARGUMENT, f"malformed request: {exc}") from exc

@@ -37,6 +37,12 @@ def register(sub: Any) -> None:
         help="Prometheus /metrics address, port 0 = any free port, 'off' = none "
         "(default 127.0.0.1:9464, or $CASCADE_METRICS_LISTEN; containers use 0.0.0.0:9464)",
     )
+    parser.add_argument(
+        "--transport",
+        default="h2",
+        choices=["h2", "grpcio"],
+        help="gRPC transport: h2 (lean HTTP/2 server, default) or grpcio (grpc.aio)",
+    )
     parser.add_argument("--tls-cert", type=Path, help="PEM certificate: serve gRPC over TLS")
     parser.add_argument("--tls-key", type=Path, help="PEM private key for --tls-cert")
     parser.add_argument(
@@ -74,6 +80,7 @@ def run_serve(args: argparse.Namespace) -> int:
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         metrics_listen=None if args.metrics_listen == "off" else args.metrics_listen,
+        transport=args.transport,
     )
     try:
         return asyncio.run(run(options))

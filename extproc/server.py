@@ -1,4 +1,9 @@
-"""The gRPC transport: a thin `ExternalProcessor` stream loop over `RequestProcessor`."""
+"""The ext_proc transports' shared part, and the grpc.aio one.
+
+Both transports open one processor per stream with `open_processor` and feed it every message:
+`ExternalProcessor` is the grpc.aio servicer (a thin stream loop); `ExtProcSession` is the same
+loop for the lean HTTP/2 transport (`extproc.h2_server`), which hands it serialized messages.
+"""
 
 from __future__ import annotations
 
@@ -25,12 +30,50 @@ def role_of(context: grpc.aio.ServicerContext[pb.ProcessingRequest, pb.Processin
     return ""
 
 
+def open_processor(
+    snapshot: Snapshot, observer: Observer | None, role: str
+) -> RequestProcessor | UpstreamProcessor:
+    """The processor for a new stream: per-attempt (`upstream` role) or the classifier."""
+    if role == headers.ROLE_UPSTREAM:  # per-attempt filter on a cluster
+        return UpstreamProcessor(snapshot, observer)
+    return RequestProcessor(snapshot, observer)
+
+
+class ExtProcSession:
+    """One ext_proc stream on the HTTP/2 transport: bytes in, bytes out, same processor."""
+
+    __slots__ = ("_owner", "_processor")
+
+    def __init__(self, owner: ExternalProcessor, metadata: dict[str, str]) -> None:
+        self._owner = owner
+        self._processor = open_processor(
+            owner.snapshot(), owner.observer, metadata.get(headers.ROLE_METADATA, "")
+        )
+        owner.in_flight += 1
+
+    @property
+    def done(self) -> bool:
+        return self._processor.done
+
+    def message(self, raw: bytes) -> bytes:
+        request = pb.ProcessingRequest.FromString(raw)
+        return bytes(self._processor.handle(request).SerializeToString())
+
+    def close(self) -> None:
+        self._owner.in_flight -= 1
+        self._processor.close()
+
+
 class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
     """One stream per HTTP request; each message answered in order, at once."""
 
+    def session(self, metadata: dict[str, str]) -> ExtProcSession:
+        """The HTTP/2 transport's stream factory."""
+        return ExtProcSession(self, metadata)
+
     def __init__(self, snapshot: Callable[[], Snapshot], observer: Observer | None = None) -> None:
-        self._snapshot = snapshot
-        self._observer = observer
+        self.snapshot = snapshot
+        self.observer = observer
         #: streams currently open (read by shutdown and metrics)
         self.in_flight = 0
 
@@ -39,11 +82,7 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
         request_iterator: AsyncIterator[pb.ProcessingRequest],
         context: grpc.aio.ServicerContext[pb.ProcessingRequest, pb.ProcessingResponse],
     ) -> AsyncIterator[pb.ProcessingResponse]:
-        processor: RequestProcessor | UpstreamProcessor
-        if role_of(context) == headers.ROLE_UPSTREAM:  # per-attempt filter on a cluster
-            processor = UpstreamProcessor(self._snapshot(), self._observer)
-        else:
-            processor = RequestProcessor(self._snapshot(), self._observer)
+        processor = open_processor(self.snapshot(), self.observer, role_of(context))
         self.in_flight += 1
         try:
             async for request in request_iterator:
