@@ -55,7 +55,7 @@ _RESPONSE_HEADERS = h2.encode_headers(((":status", "200"), ("content-type", "app
 _OK_TRAILERS = h2.encode_headers((("grpc-status", "0"),))
 #: advertised to the client: a large window per stream (message size is capped separately)
 STREAM_WINDOW = h2.MAX_WINDOW
-#: the connection window is topped up once this much has been received
+#: the connection's (and a stream's) window is topped up once this much has been received
 CONNECTION_REFILL = 2**30
 MAX_STREAMS = 1024
 MAX_HEADER_BLOCK = 64 * 1024
@@ -70,6 +70,7 @@ class Call:
         "headers_sent",
         "metadata",
         "pending",
+        "received",
         "remote_closed",
         "send_window",
         "session",
@@ -84,6 +85,8 @@ class Call:
         self.metadata = metadata
         self.send_window = send_window
         self.buffer = bytearray()
+        #: DATA bytes received since the stream's window was last topped up
+        self.received = 0
         self.session: Session | None = None
         self.unary: UnaryMethod | None = None
         self.task: asyncio.Task[None] | None = None
@@ -178,8 +181,9 @@ class H2Connection(asyncio.Protocol):
     # -- output --------------------------------------------------------------------------------
 
     def flush(self) -> None:
-        if self._out and self.transport is not None and not self._closed:
-            self.transport.write(b"".join(self._out))
+        transport = self.transport
+        if self._out and transport is not None and not transport.is_closing():
+            transport.write(b"".join(self._out) if len(self._out) > 1 else self._out[0])
         self._out.clear()
 
     def _fail(self, code: int, message: str) -> None:
@@ -355,6 +359,10 @@ class H2Connection(asyncio.Protocol):
         if call.remote_closed:
             self._reset(call, h2.STREAM_CLOSED)
             return
+        call.received += len(payload)
+        if call.received >= CONNECTION_REFILL:  # a very long stream (response chunks)
+            self._out.append(h2.window_update_frame(stream_id, call.received))
+            call.received = 0
         data = h2.strip_padding(flags, payload)
         if not call.ended:
             call.buffer += data
@@ -450,14 +458,25 @@ class H2Connection(asyncio.Protocol):
     def _send_call(self, call: Call) -> None:
         """Send what the windows allow of the call's pending DATA, then its trailers."""
         pending = call.pending
-        while pending:
-            size = min(len(pending), call.send_window, self._send_window, self._peer_max_frame)
-            if size <= 0:
+        if pending:
+            view = memoryview(pending)
+            sent = 0
+            while sent < len(pending):
+                size = min(
+                    len(pending) - sent, call.send_window, self._send_window, self._peer_max_frame
+                )
+                if size <= 0:
+                    break
+                self._out.append(
+                    h2.frame(h2.DATA, 0, call.stream_id, bytes(view[sent : sent + size]))
+                )
+                sent += size
+                call.send_window -= size
+                self._send_window -= size
+            view.release()
+            del pending[:sent]
+            if pending:
                 return
-            self._out.append(h2.frame(h2.DATA, 0, call.stream_id, bytes(pending[:size])))
-            del pending[:size]
-            call.send_window -= size
-            self._send_window -= size
         if call.trailers is not None:
             self._out.append(
                 h2.frame(h2.HEADERS, h2.END_HEADERS | h2.END_STREAM, call.stream_id, call.trailers)
