@@ -1,11 +1,15 @@
 """What classification costs on the request path, measured through the real Envoy.
 
-Three stacks, same machine, same run, 4 KB chat bodies, routes answering with
+Five stacks, same machine, same run, 4 KB chat bodies, routes answering with
 `direct_response` so no upstream adds noise:
 
 - floor: Envoy alone (buffer filter + direct_response);
-- pass-through: Envoy + a minimal grpc.aio ext_proc (bench/passthrough_extproc.py);
-- cascade: Envoy + `cascade serve` (v7 classification, tier header, route re-match).
+- pass-through: Envoy + a minimal grpc.aio ext_proc (bench/passthrough_extproc.py), the
+  baseline the targets are set against;
+- pass-through-h2: the same constant answers on cascade's lean HTTP/2 transport;
+- cascade: Envoy + `cascade serve` (default h2 transport; v7 classification, tier header,
+  route re-match, metrics and the telemetry recorder);
+- cascade-grpcio: the same with `--transport grpcio`.
 
 Load: wrk (Debian package) at 1 and 16 connections. Reported: req/s, p50, p99, latency added
 over the floor, and the ext_proc server's CPU per request (from /proc).
@@ -38,6 +42,7 @@ from extproc.config import DEFAULT_CONFIG, load_snapshot
 from extproc.envoy_render import TYPE, bootstrap
 
 BIN = Path(sys.executable).parent
+STACKS = ("floor", "pass-through", "pass-through-h2", "cascade", "cascade-grpcio")
 HERE = Path(__file__).resolve().parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -163,8 +168,14 @@ def run_stack(name: str, tmp: Path, seconds: int, script: Path) -> dict[int, dic
     extproc_port = None
     if name != "floor":
         extproc_port = free_port()
-        if name == "pass-through":
-            server_args = [sys.executable, str(HERE / "passthrough_extproc.py"), str(extproc_port)]
+        if name.startswith("pass-through"):
+            server_args = [
+                sys.executable,
+                str(HERE / "passthrough_extproc.py"),
+                str(extproc_port),
+                "--transport",
+                "h2" if name.endswith("-h2") else "grpcio",
+            ]
         else:
             server_args = [
                 str(BIN / "cascade"),
@@ -173,6 +184,8 @@ def run_stack(name: str, tmp: Path, seconds: int, script: Path) -> dict[int, dic
                 f"127.0.0.1:{extproc_port}",
                 "--log-level",
                 "warning",
+                "--transport",
+                "grpcio" if name.endswith("-grpcio") else "h2",
             ]
     config_path = tmp / f"envoy-{name}.yaml"
     config_path.write_text(yaml.safe_dump(envoy_config(listen, admin, extproc_port)))
@@ -234,11 +247,7 @@ def main() -> None:
             'wrk.headers["content-type"] = "application/json"\n'
             f'local f = io.open("{body}", "rb")\nwrk.body = f:read("*a")\nf:close()\n'
         )
-        runs: dict[str, list[dict[int, dict[str, float]]]] = {
-            "floor": [],
-            "pass-through": [],
-            "cascade": [],
-        }
+        runs: dict[str, list[dict[int, dict[str, float]]]] = {name: [] for name in STACKS}
         for _ in range(args.rounds):  # interleaved, so drift on a shared machine hits all three
             for name, found in runs.items():
                 found.append(run_stack(name, tmp, args.seconds, script))
@@ -246,19 +255,25 @@ def main() -> None:
     print(json.dumps(results, indent=1))
     floor = results["floor"]
     print(
-        f"\n{'stack':<13} {'conns':>5} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} "
+        f"\n{'stack':<15} {'conns':>5} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} "
         f"{'+p50':>6} {'+p99':>6} {'srv CPU µs/req':>14}"
     )
     for name, by_conn in results.items():
         for conns, f in by_conn.items():
             print(
-                f"{name:<13} {conns:>5} {f['rps']:>8.0f} {f['p50_ms']:>7.2f} {f['p99_ms']:>7.2f} "
+                f"{name:<15} {conns:>5} {f['rps']:>8.0f} {f['p50_ms']:>7.2f} {f['p99_ms']:>7.2f} "
                 f"{f['p50_ms'] - floor[conns]['p50_ms']:>6.2f} "
                 f"{f['p99_ms'] - floor[conns]['p99_ms']:>6.2f} "
                 f"{f.get('server_cpu_us', 0):>14.0f}"
             )
-    ratio = results["cascade"][16]["rps"] / results["pass-through"][16]["rps"]
-    print(f"\ncascade / pass-through req/s at 16 connections: {ratio:.1%}")
+    print()
+    for ours, base in (
+        ("cascade", "pass-through"),
+        ("cascade", "pass-through-h2"),
+        ("cascade-grpcio", "pass-through"),
+    ):
+        ratio = results[ours][16]["rps"] / results[base][16]["rps"]
+        print(f"{ours} / {base} req/s at 16 connections: {ratio:.1%}")
 
 
 if __name__ == "__main__":

@@ -115,6 +115,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=300, help="measured requests per mode")
     parser.add_argument("--warmup", type=int, default=30)
+    parser.add_argument(
+        "--transport", choices=["h2", "grpcio"], default="h2", help="cascade serve --transport"
+    )
     args = parser.parse_args()
     processes: list[subprocess.Popen[bytes]] = []
     threads = [
@@ -142,6 +145,8 @@ def main() -> int:
                     "127.0.0.1:0",
                     "--log-level",
                     "warning",
+                    "--transport",
+                    args.transport,
                 ],
                 env={**os.environ, "CASCADE_PORT_FILE": str(port_file)},
             )
