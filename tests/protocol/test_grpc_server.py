@@ -17,19 +17,30 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from extproc.app import CascadeServer, ServeOptions
+from extproc.app import TRANSPORTS, CascadeServer, ServeOptions
 from extproc.config import DEFAULT_CONFIG
 from tests.conftest import chat_body
 from tests.protocol.streams import request_body, request_headers, set_headers
 
 
+@pytest.fixture(params=TRANSPORTS)
+def transport(request: pytest.FixtureRequest) -> str:
+    """Every test here runs against both gRPC transports."""
+    return str(request.param)
+
+
 @pytest.fixture
-async def server(tmp_path: Path) -> AsyncIterator[CascadeServer]:
+async def server(tmp_path: Path, transport: str) -> AsyncIterator[CascadeServer]:
     config = tmp_path / "cascade.yaml"
     config.write_bytes(DEFAULT_CONFIG.read_bytes())
     instance = CascadeServer(
         ServeOptions(
-            config=config, listen="127.0.0.1:0", drain_delay=0.0, grace=1.0, reload_interval=0.05
+            config=config,
+            listen="127.0.0.1:0",
+            drain_delay=0.0,
+            grace=1.0,
+            reload_interval=0.05,
+            transport=transport,
         )
     )
     await instance.start()
@@ -81,13 +92,15 @@ async def test_invalid_json_then_stream_ends(channel: grpc.aio.Channel) -> None:
     assert await call.code() == grpc.StatusCode.OK
 
 
-async def test_oversized_body_is_classified_as_unparsed(tmp_path: Path) -> None:
+async def test_oversized_body_is_classified_as_unparsed(tmp_path: Path, transport: str) -> None:
     config = tmp_path / "c.yaml"
     config.write_text(
         DEFAULT_CONFIG.read_text().replace("max_body_bytes: 8388608", "max_body_bytes: 1048576")
     )
     instance = CascadeServer(
-        ServeOptions(config=config, listen="127.0.0.1:0", drain_delay=0, grace=1)
+        ServeOptions(
+            config=config, listen="127.0.0.1:0", drain_delay=0, grace=1, transport=transport
+        )
     )
     await instance.start()
     try:
@@ -161,11 +174,13 @@ async def test_reload_mid_stream_keeps_stream_snapshot(
     assert set_headers(fresh[1])["x-cascade-classifier"] == "v9"
 
 
-async def test_health_serving_then_not_serving(tmp_path: Path) -> None:
+async def test_health_serving_then_not_serving(tmp_path: Path, transport: str) -> None:
     config = tmp_path / "c.yaml"
     config.write_bytes(DEFAULT_CONFIG.read_bytes())
     instance = CascadeServer(
-        ServeOptions(config=config, listen="127.0.0.1:0", drain_delay=0.3, grace=1)
+        ServeOptions(
+            config=config, listen="127.0.0.1:0", drain_delay=0.3, grace=1, transport=transport
+        )
     )
     await instance.start()
     async with grpc.aio.insecure_channel(f"127.0.0.1:{instance.port}") as chan:
@@ -180,7 +195,7 @@ async def test_health_serving_then_not_serving(tmp_path: Path) -> None:
         await stopping
 
 
-def test_sigterm_drains_open_stream_and_exits_zero(tmp_path: Path) -> None:
+def test_sigterm_drains_open_stream_and_exits_zero(tmp_path: Path, transport: str) -> None:
     """SIGTERM → NOT_SERVING → an open stream still completes → exit 0."""
     cascade = Path(sys.executable).with_name("cascade")
     port_file = tmp_path / "port"
@@ -197,6 +212,8 @@ def test_sigterm_drains_open_stream_and_exits_zero(tmp_path: Path) -> None:
                 "5",
                 "--metrics-listen",
                 "127.0.0.1:0",
+                "--transport",
+                transport,
             ],
             stderr=stderr,
             env={**os.environ, "CASCADE_PORT_FILE": str(port_file)},
