@@ -99,10 +99,14 @@ class Call:
         self.trailers: bytes | None = None
 
 
+#: characters of a grpc-message kept (the trailers must fit one frame, 16 KiB at least)
+MAX_STATUS_MESSAGE = 1024
+
+
 def _status_trailers(status: int, message: str) -> bytes:
     fields = [("grpc-status", str(status))]
     if message:
-        fields.append(("grpc-message", _percent_encode(message)))
+        fields.append(("grpc-message", _percent_encode(message[:MAX_STATUS_MESSAGE])))
     return h2.encode_headers(fields)
 
 
@@ -298,8 +302,11 @@ class H2Connection(asyncio.Protocol):
             call = self._calls.get(stream_id)
             if call is None:
                 return
-            if increment == 0 or call.send_window + increment > h2.MAX_WINDOW:
+            if increment == 0:
                 self._reset(call, h2.PROTOCOL_ERROR)
+                return
+            if call.send_window + increment > h2.MAX_WINDOW:
+                self._reset(call, h2.FLOW_CONTROL_ERROR)
                 return
             call.send_window += increment
         self._send_pending()
@@ -399,7 +406,14 @@ class H2Connection(asyncio.Protocol):
             raise GrpcError(h2.INVALID_ARGUMENT, "a unary call takes one message")
         unary = call.unary
         assert unary is not None
-        result = unary(messages[0], call.metadata)
+        try:
+            result = unary(messages[0], call.metadata)
+        except GrpcError:
+            raise
+        except Exception:
+            logger.exception("unary %s failed", call.metadata.get(":path"))
+            self._end(call, h2.INTERNAL, "internal error")
+            return
         if isinstance(result, bytes):
             self._send_message(call, result)
             self._end(call, h2.OK, "")

@@ -21,7 +21,7 @@ from hpack import Decoder, Encoder
 
 from extproc import h2_frames as h2
 from extproc import h2_server
-from extproc.h2_frames import GrpcError, ProtocolError
+from extproc.h2_frames import GrpcError
 from extproc.h2_server import H2Server
 
 HOST = "127.0.0.1"
@@ -734,12 +734,6 @@ async def test_zero_stream_window_update_resets_the_stream(harness: Harness) -> 
     assert harness.sessions[0].closes == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="h2_server._window_update resets an overflowing stream window with PROTOCOL_ERROR; "
-    "RFC 9113 §6.9.1 requires FLOW_CONTROL_ERROR",
-)
 async def test_stream_window_overflow_is_a_flow_control_error(harness: Harness) -> None:
     client = await harness.client()
     client.send(client.headers(1, ECHO), h2.window_update_frame(1, h2.MAX_WINDOW))
@@ -896,13 +890,6 @@ async def test_compressed_message_is_unimplemented(harness: Harness) -> None:
     assert stream.headers[0]["grpc-status"] == str(h2.UNIMPLEMENTED)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=EOFError,
-    reason="h2_server.H2Connection._data catches only GrpcError around _unary_message: any "
-    "other exception from a sync unary method escapes data_received and asyncio closes the "
-    "whole connection instead of ending the call with INTERNAL",
-)
 async def test_sync_unary_exception_is_internal_and_the_connection_stays_usable(
     harness: Harness,
 ) -> None:
@@ -914,13 +901,6 @@ async def test_sync_unary_exception_is_internal_and_the_connection_stays_usable(
     assert (await client.finish(3)).messages == [b"ko"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ProtocolError,
-    reason="h2_server._end sends the trailers as one HEADERS frame whatever their size: a long "
-    "grpc-message makes a frame larger than the peer's SETTINGS_MAX_FRAME_SIZE (no "
-    "CONTINUATION, no truncation)",
-)
 async def test_long_grpc_message_respects_the_peer_max_frame_size(harness: Harness) -> None:
     client = await harness.client()
     client.send(client.headers(1, LONG_ERROR), message(1, b"x", end_stream=True))
