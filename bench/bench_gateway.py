@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -131,6 +132,23 @@ def wait_port(port: int, timeout: float = 20) -> None:
     raise TimeoutError(f"port {port} did not open")
 
 
+def check_routed(port: int, script: Path) -> None:
+    """The ext_proc server really decided: a tier route answered, not the tier-less default.
+
+    Envoy fails open, so a server that is down or broken would otherwise look very fast.
+    """
+    body = Path(re.search(r'io.open\("([^"]+)"', script.read_text()).group(1)).read_bytes()  # type: ignore[union-attr]
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v1/chat/completions",
+        data=body,
+        headers={"content-type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        answered = response.read().decode()
+    if not answered.startswith("tier_"):
+        raise SystemExit(f"ext_proc did not route the probe request (route {answered!r})")
+
+
 def wrk(port: int, connections: int, seconds: int, script: Path) -> dict[str, float]:
     out = subprocess.run(
         [
@@ -209,6 +227,8 @@ def run_stack(name: str, tmp: Path, seconds: int, script: Path) -> dict[int, dic
         stack.enter_context(process(envoy_args, tmp / f"{name}-envoy.log"))
         wait_port(listen)
         time.sleep(2.5)  # first health check of the ext_proc cluster
+        if server is not None:
+            check_routed(listen, script)
         wrk(listen, 4, 2, script)  # warm-up
         for connections in (1, 16):
             before = cpu_seconds(server.pid) if server else 0.0

@@ -26,7 +26,7 @@ import logging
 import os
 import ssl
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Protocol, cast
 
 from hpack import Decoder
 from hpack.exceptions import HPACKError
@@ -141,8 +141,8 @@ class H2Connection(asyncio.Protocol):
     # -- asyncio.Protocol --------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # a stream transport (uvloop's is not a subclass of asyncio.Transport)
+        self.transport = transport = cast(asyncio.Transport, transport)
         self.server.connections.add(self)
         transport.write(
             h2.settings_frame(
