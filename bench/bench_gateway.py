@@ -132,15 +132,14 @@ def wait_port(port: int, timeout: float = 20) -> None:
     raise TimeoutError(f"port {port} did not open")
 
 
-def check_routed(port: int, script: Path) -> None:
+def check_routed(port: int) -> None:
     """The ext_proc server really decided: a tier route answered, not the tier-less default.
 
     Envoy fails open, so a server that is down or broken would otherwise look very fast.
     """
-    body = Path(re.search(r'io.open\("([^"]+)"', script.read_text()).group(1)).read_bytes()  # type: ignore[union-attr]
     request = urllib.request.Request(
         f"http://127.0.0.1:{port}/v1/chat/completions",
-        data=body,
+        data=body_4k(),
         headers={"content-type": "application/json"},
     )
     with urllib.request.urlopen(request, timeout=5) as response:
@@ -228,7 +227,7 @@ def run_stack(name: str, tmp: Path, seconds: int, script: Path) -> dict[int, dic
         wait_port(listen)
         time.sleep(2.5)  # first health check of the ext_proc cluster
         if server is not None:
-            check_routed(listen, script)
+            check_routed(listen)
         wrk(listen, 4, 2, script)  # warm-up
         for connections in (1, 16):
             before = cpu_seconds(server.pid) if server else 0.0

@@ -27,6 +27,7 @@ import os
 import ssl
 from collections.abc import Awaitable, Callable
 from typing import Protocol, cast
+from urllib.parse import quote
 
 from hpack import Decoder
 from hpack.exceptions import HPACKError
@@ -99,6 +100,8 @@ class Call:
         self.trailers: bytes | None = None
 
 
+#: what grpc-message leaves unencoded: printable ASCII except `%`
+_GRPC_MESSAGE_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if c != 0x25)
 #: characters of a grpc-message kept (the trailers must fit one frame, 16 KiB at least)
 MAX_STATUS_MESSAGE = 1024
 
@@ -112,10 +115,7 @@ def _status_trailers(status: int, message: str) -> bytes:
 
 def _percent_encode(message: str) -> str:
     """grpc-message is percent-encoded UTF-8 (printable ASCII other than % stays)."""
-    out = []
-    for byte in message.encode():
-        out.append(chr(byte) if 0x20 <= byte <= 0x7E and byte != 0x25 else f"%{byte:02X}")
-    return "".join(out)
+    return quote(message, safe=_GRPC_MESSAGE_SAFE)
 
 
 class H2Connection(asyncio.Protocol):
