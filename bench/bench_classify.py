@@ -16,9 +16,9 @@ from collections.abc import Callable
 
 import orjson
 
-from extproc.chat import ChatRequest, chat_from_document, parse_chat
-from extproc.classify import classify, select_text
-from extproc.config import DEFAULT_CONFIG, load_snapshot
+from extproc.config.snapshot import DEFAULT_CONFIG, load_snapshot
+from extproc.core.chat import ChatRequest, chat_from_document, parse_chat
+from extproc.core.classify import classify, select_text
 
 # Mixed English / Korean / Chinese prose without v7 keywords, so every keyword is searched for
 # across the whole text (the worst case for the keyword rule).

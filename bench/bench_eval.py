@@ -27,7 +27,7 @@ from pathlib import Path
 
 import orjson
 
-from extproc.config import DEFAULT_CONFIG
+from extproc.config.snapshot import DEFAULT_CONFIG
 
 CASCADE = Path(sys.executable).with_name("cascade")
 PROSE = {

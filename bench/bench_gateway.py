@@ -39,8 +39,8 @@ from typing import Any
 
 import yaml
 
-from extproc.config import DEFAULT_CONFIG, load_snapshot
-from extproc.envoy_render import TYPE, bootstrap
+from extproc.config.snapshot import DEFAULT_CONFIG, load_snapshot
+from extproc.gateway.render import TYPE, bootstrap
 
 BIN = Path(sys.executable).parent
 STACKS = ("floor", "pass-through", "pass-through-h2", "cascade", "cascade-grpcio")

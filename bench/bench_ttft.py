@@ -26,11 +26,11 @@ import time
 from pathlib import Path
 
 import yaml
+from cascade_dev.mock_backend import MockBackend, MockBackendThread
 
-from extproc.config import DEFAULT_CONFIG, Backend, Snapshot, compile_config
-from extproc.envoy_process import admin_port, envoy_command
-from extproc.envoy_render import render_yaml
-from extproc.mock_backend import MockBackend, MockBackendThread
+from extproc.config.snapshot import DEFAULT_CONFIG, Backend, Snapshot, compile_config
+from extproc.gateway.process import admin_port, envoy_command
+from extproc.gateway.render import render_yaml
 
 BIN = Path(sys.executable).parent
 BODY = json.dumps(

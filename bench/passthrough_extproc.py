@@ -4,7 +4,7 @@ They answer request headers with nothing and the buffered body with a fixed tier
 `clear_route_cache`, doing no parsing or classification at all. Two transports:
 
 - `grpcio`: a grpc.aio servicer (the baseline the targets in bench/README.md are set against);
-- `h2`: the same answers on cascade's lean HTTP/2 transport (`extproc.h2_server`), which shows
+- `h2`: the same answers on cascade's lean HTTP/2 transport (`extproc.transport.h2`), which shows
   what the classification logic costs on that transport.
 
     python bench/passthrough_extproc.py PORT [--transport grpcio|h2]
@@ -22,7 +22,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from extproc.h2_server import H2Server
+from extproc.transport.h2.server import H2Server
 
 HEADERS = pb.ProcessingResponse(request_headers=pb.HeadersResponse())
 BODY = pb.ProcessingResponse(

@@ -1,5 +1,5 @@
 """`python -m extproc` runs the `cascade` command line."""
 
-from extproc.cli import main
+from extproc.cli.main import main
 
 raise SystemExit(main())

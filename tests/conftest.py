@@ -8,7 +8,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from extproc.config import DEFAULT_CONFIG, Snapshot, compile_config, load_snapshot
+from extproc.config.snapshot import DEFAULT_CONFIG, Snapshot, compile_config, load_snapshot
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"

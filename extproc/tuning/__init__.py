@@ -2,7 +2,7 @@
 
 Everything here replays recorded requests through the same pure `classify()` the server runs;
 nothing imports gRPC or telemetry. The `cascade eval|sample|candidates|tune` commands
-(`extproc.cli_tuning`) are thin shells around these modules:
+(`extproc.cli.tuning`) are thin shells around these modules:
 
 | module | what |
 |---|---|

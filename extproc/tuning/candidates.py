@@ -24,9 +24,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from extproc.chat import ChatRequest
-from extproc.classify import classify, select_text
-from extproc.config import Classifier, RuleKind, Snapshot
+from extproc.config.snapshot import Classifier, RuleKind, Snapshot
+from extproc.core.chat import ChatRequest
+from extproc.core.classify import classify, select_text
 from extproc.tuning.lang import term_lang
 from extproc.tuning.lang import terms as extract_terms
 from extproc.tuning.variants import binary_shape, compile_variant, is_enabled, version_spec

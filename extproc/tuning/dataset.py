@@ -27,8 +27,8 @@ from typing import IO, Any, cast
 
 import orjson
 
-from extproc.chat import ChatRequest, chat_from_document
-from extproc.errors import ChatParseError
+from extproc.core.chat import ChatRequest, chat_from_document
+from extproc.core.errors import ChatParseError
 
 #: Fields of a record the tools read by name.
 ID_FIELD = "id"

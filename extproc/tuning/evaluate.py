@@ -14,8 +14,8 @@ from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from extproc.classify import classify, select_text
-from extproc.config import Classifier, RuleKind, Snapshot, TextScope
+from extproc.config.snapshot import Classifier, RuleKind, Snapshot, TextScope
+from extproc.core.classify import classify, select_text
 from extproc.tuning.dataset import ReadStats, Record
 from extproc.tuning.lang import detect_lang
 from extproc.tuning.metrics import (

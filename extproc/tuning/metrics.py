@@ -32,7 +32,7 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from extproc.config import Price
+from extproc.config.snapshot import Price
 from extproc.tuning.dataset import Record
 
 DEFAULT_OUTPUT_TOKENS = 256

@@ -22,9 +22,9 @@ from typing import Any
 
 import yaml
 
-from extproc.classify import classify, select_text
-from extproc.config import TextScope, compile_config
-from extproc.errors import ConfigError
+from extproc.config.snapshot import TextScope, compile_config
+from extproc.core.classify import classify, select_text
+from extproc.core.errors import ConfigError
 from extproc.tuning.dataset import ReadStats
 from extproc.tuning.evaluate import EvalResult, Evaluator, evaluate
 from extproc.tuning.metrics import CostModel

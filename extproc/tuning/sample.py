@@ -33,8 +33,8 @@ from typing import IO, Any
 
 import orjson
 
-from extproc.classify import classify
-from extproc.config import Classifier
+from extproc.config.snapshot import Classifier
+from extproc.core.classify import classify
 from extproc.tuning.dataset import Record
 
 TEXT_LIMIT = 2000

@@ -32,9 +32,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from extproc.classify import classify
-from extproc.config import RuleKind, Snapshot, TextScope
-from extproc.errors import CascadeError
+from extproc.config.snapshot import RuleKind, Snapshot, TextScope
+from extproc.core.classify import classify
+from extproc.core.errors import CascadeError
 from extproc.tuning.candidates import Example, probe_hits
 from extproc.tuning.variants import binary_shape, compile_variant, is_enabled, version_spec
 

@@ -21,8 +21,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from extproc.classify import classify, select_text
-from extproc.config import Classifier, Snapshot, TextScope, compile_document
+from extproc.config.snapshot import Classifier, Snapshot, TextScope, compile_document
+from extproc.core.classify import classify, select_text
 from extproc.tuning.candidates import Example, mine_terms
 from extproc.tuning.dataset import Record
 from extproc.tuning.sample import record_key

@@ -11,7 +11,7 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
-from extproc.config import Classifier, Snapshot, compile_document
+from extproc.config.snapshot import Classifier, Snapshot, compile_document
 
 
 def version_spec(snapshot: Snapshot, version: str) -> dict[str, Any]:

@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
+from cascade_dev.mock_backend import MockBackend
 
-from extproc.config import DEFAULT_CONFIG, compile_config
-from extproc.envoy_process import admin_port, envoy_command
-from extproc.envoy_render import render_yaml
-from extproc.mock_backend import MockBackend
+from extproc.config.snapshot import DEFAULT_CONFIG, compile_config
+from extproc.gateway.process import admin_port, envoy_command
+from extproc.gateway.render import render_yaml
 
 BIN = Path(sys.executable).parent
 ENVOY = BIN / "envoy"
@@ -262,7 +262,7 @@ class Gateway:
 
 def _free_metrics_port() -> list[str]:
     """Several servers run at once: give each a free metrics port (when serve has one)."""
-    from extproc.cli import build_parser
+    from extproc.cli.main import build_parser
 
     for action in build_parser()._actions:
         serve = action.choices.get("serve") if isinstance(action.choices, dict) else None

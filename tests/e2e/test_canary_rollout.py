@@ -27,8 +27,8 @@ from typing import Any
 
 import pytest
 
-from extproc.classify import choose_classifier
-from extproc.config import compile_config
+from extproc.config.snapshot import compile_config
+from extproc.routing.choice import choose_classifier
 from tests.e2e.harness import CASCADE, Gateway, wait_for
 
 PROMETHEUS = shutil.which("prometheus")

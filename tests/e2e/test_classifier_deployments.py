@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from extproc.config import ExtProcCanary
+from extproc.config.snapshot import ExtProcCanary
 from tests.e2e.harness import Gateway, http_request, wait_for
 
 RUNTIME_KEY = "cascade.classifier_canary_percent"

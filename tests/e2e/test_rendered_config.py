@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from extproc.config import load_snapshot
-from extproc.envoy_render import render_yaml
+from extproc.config.snapshot import load_snapshot
+from extproc.gateway.render import render_yaml
 from tests.e2e.harness import ENVOY
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -22,9 +22,9 @@ import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from extproc.app import EXT_PROC_SERVICE
-from extproc.cli import build_parser
-from extproc.config import DEFAULT_CONFIG, compile_config
+from extproc.app.run import EXT_PROC_SERVICE
+from extproc.cli.main import build_parser
+from extproc.config.snapshot import DEFAULT_CONFIG, compile_config
 from tests.conftest import ROOT
 from tests.k8s.conftest import ROUTING_OVERLAYS, container, find, one
 from tests.k8s.kustomize import Obj, split_image
@@ -149,7 +149,7 @@ def build_context(destination: Path) -> list[str]:
 
 def test_dockerignore_semantics() -> None:
     patterns = ["*", "!extproc", "**/__pycache__"]
-    assert dockerignore_included("extproc/cli.py", patterns)
+    assert dockerignore_included("extproc/cli/main.py", patterns)
     assert dockerignore_included("extproc/defaults/cascade.yaml", patterns)
     assert not dockerignore_included("extproc/__pycache__/cli.pyc", patterns)
     assert not dockerignore_included("tests/k8s/test_render.py", patterns)
@@ -190,8 +190,8 @@ def test_build_context_builds_the_package(tmp_path: Path) -> None:
         entry_points = next(n for n in names if n.endswith("entry_points.txt"))
         scripts = archive.read(entry_points).decode()
     assert "extproc/defaults/cascade.yaml" in names
-    assert "extproc/cli_serve.py" in names
-    assert re.search(r"^cascade = extproc\.cli:main$", scripts, re.M)
+    assert "extproc/cli/serve.py" in names
+    assert re.search(r"^cascade = extproc\.cli\.main:main$", scripts, re.M)
 
 
 # -- the Deployment and the CLI -----------------------------------------------------------------

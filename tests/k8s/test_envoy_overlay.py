@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from extproc.config import compile_config
-from extproc.envoy_render import EXT_PROC_CLUSTER, render_yaml
+from extproc.config.snapshot import compile_config
+from extproc.gateway.render import EXT_PROC_CLUSTER, render_yaml
 from tests.k8s.conftest import K8S, container, find, one
 from tests.k8s.kustomize import Obj
 
@@ -116,7 +116,7 @@ def test_envoy_accepts_the_config_with_the_deployment_arguments(
     if result.returncode != 0 and STATIC_WITH_NAME in result.stderr:
         pytest.xfail(
             "cascade render envoy makes the ext_proc cluster STATIC, which takes IP addresses "
-            "only; a Service name needs STRICT_DNS (extproc/envoy_render.py)"
+            "only; a Service name needs STRICT_DNS (extproc/gateway/render.py)"
         )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
 

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from extproc import headers
-from extproc.config import Snapshot, compile_config
-from extproc.envoy_render import bootstrap
+from extproc.config.snapshot import Snapshot, compile_config
+from extproc.core import headers
+from extproc.gateway.render import bootstrap
 from tests.k8s.conftest import KGATEWAY_OVERLAYS, container, find, one
 from tests.k8s.kustomize import Obj
 
@@ -243,7 +243,7 @@ def test_retries_and_timeouts_match_the_cascade_config(overlay: list[Obj]) -> No
 
 
 def test_classifier_health_check_uses_the_ext_proc_health_service(overlay: list[Obj]) -> None:
-    from extproc.app import EXT_PROC_SERVICE
+    from extproc.app.run import EXT_PROC_SERVICE
 
     policy = one(overlay, "BackendConfigPolicy", "cascade-classifier")["spec"]
     check = policy["healthCheck"]

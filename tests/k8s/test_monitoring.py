@@ -253,9 +253,9 @@ def test_dashboard_queries_parse(tmp_path: Path) -> None:
 
 def test_exported_names_match_the_server() -> None:
     try:
-        metrics = importlib.import_module("extproc.metrics")
+        metrics = importlib.import_module("extproc.telemetry.metrics")
     except ImportError:
-        pytest.skip("extproc.metrics not present yet")
+        pytest.skip("extproc.telemetry.metrics not present yet")
     defined = {v for v in vars(metrics).values() if isinstance(v, str) and v.startswith("cascade_")}
     assert defined >= COUNTERS_AND_GAUGES | HISTOGRAMS
 

@@ -7,9 +7,10 @@ from collections import Counter
 
 import pytest
 
-from extproc.classify import canary_bucket, choose_classifier
-from extproc.config import DEFAULT_CONFIG, Snapshot, compile_config
-from extproc.processor import RequestProcessor
+from extproc.config.snapshot import DEFAULT_CONFIG, Snapshot, compile_config
+from extproc.core.classify import canary_bucket
+from extproc.routing.choice import choose_classifier
+from extproc.routing.processor import RequestProcessor
 from tests.conftest import chat_body
 from tests.protocol.streams import request_body, request_headers, set_headers
 

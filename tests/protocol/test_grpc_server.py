@@ -17,8 +17,8 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from extproc.app import TRANSPORTS, CascadeServer, ServeOptions
-from extproc.config import DEFAULT_CONFIG
+from extproc.app.run import TRANSPORTS, CascadeServer, ServeOptions
+from extproc.config.snapshot import DEFAULT_CONFIG
 from tests.conftest import chat_body
 from tests.protocol.streams import request_body, request_headers, set_headers
 

@@ -1,6 +1,6 @@
-"""The lean HTTP/2 gRPC transport (`extproc.h2_server`) on 127.0.0.1, frame by frame.
+"""The lean HTTP/2 gRPC transport (`extproc.transport.h2.server`) on 127.0.0.1, frame by frame.
 
-A small HTTP/2 client written here from the `extproc.h2_frames` builders and `hpack` drives a
+A small HTTP/2 client written here from the `extproc.transport.h2.frames` builders and `hpack` drives a
 real `H2Server` over a socket, so each test can say exactly which frames go out and which must
 come back. The last tests check interoperability with a real grpc.aio client.
 """
@@ -19,10 +19,10 @@ import grpc
 import pytest
 from hpack import Decoder, Encoder
 
-from extproc import h2_frames as h2
-from extproc import h2_server
-from extproc.h2_frames import GrpcError
-from extproc.h2_server import H2Server
+from extproc.transport.h2 import frames as h2
+from extproc.transport.h2 import server as h2_server
+from extproc.transport.h2.frames import GrpcError
+from extproc.transport.h2.server import H2Server
 
 HOST = "127.0.0.1"
 #: every read of the test client gives up after this long, so a bug fails instead of hanging

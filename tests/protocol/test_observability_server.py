@@ -17,8 +17,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
 from extproc._pb.cascade.v1 import cascade_pb2, cascade_pb2_grpc
-from extproc.app import CascadeServer, ServeOptions
-from extproc.config import DEFAULT_CONFIG
+from extproc.app.run import CascadeServer, ServeOptions
+from extproc.config.snapshot import DEFAULT_CONFIG
 from tests.conftest import chat_body
 from tests.protocol.streams import request_body, request_headers
 from tests.protocol.test_recorder import TRACE_ID, response_chunk
@@ -198,11 +198,11 @@ def test_otlp_grpc_export_reaches_a_loopback_collector(monkeypatch: pytest.Monke
 
     from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
 
-    from extproc.config import load_snapshot
-    from extproc.metrics import Metrics
-    from extproc.processor import RequestProcessor
-    from extproc.recorder import Recorder
-    from extproc.telemetry import Tracing
+    from extproc.config.snapshot import load_snapshot
+    from extproc.routing.processor import RequestProcessor
+    from extproc.telemetry.metrics import Metrics
+    from extproc.telemetry.recorder import Recorder
+    from extproc.telemetry.tracing import Tracing
 
     received: list[trace_service_pb2.ExportTraceServiceRequest] = []
 

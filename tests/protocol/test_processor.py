@@ -8,9 +8,9 @@ import orjson
 import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
-from extproc.classify import Decision
-from extproc.config import Snapshot
-from extproc.processor import NullObserver, Phase, RequestInfo, RequestProcessor
+from extproc.config.snapshot import Snapshot
+from extproc.core.classify import Decision
+from extproc.routing.processor import NullObserver, Phase, RequestInfo, RequestProcessor
 from tests.conftest import chat_body
 from tests.protocol.streams import common_of, request_body, request_headers, set_headers
 
@@ -164,7 +164,7 @@ def test_classifier_exception_routes_default_and_counts(
     def boom(*_args: object) -> Decision:
         raise RuntimeError("classifier bug")
 
-    monkeypatch.setattr("extproc.processor.classify", boom)
+    monkeypatch.setattr("extproc.routing.processor.classify", boom)
     answers, _, counting = run(default_snapshot, request_headers(), request_body(chat_body("hi")))
     assert set_headers(answers[1])["x-cascade-reason"] == "error"
     assert set_headers(answers[1])["x-cascade-tier"] == "weak"

@@ -7,8 +7,8 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from extproc.config import DEFAULT_CONFIG, load_snapshot
-from extproc.processor import RequestProcessor
+from extproc.config.snapshot import DEFAULT_CONFIG, load_snapshot
+from extproc.routing.processor import RequestProcessor
 from tests.protocol.streams import request_body, request_headers
 
 SNAPSHOT = load_snapshot(DEFAULT_CONFIG)

@@ -19,11 +19,11 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from extproc.config import Snapshot, compile_config
-from extproc.metrics import Metrics
-from extproc.processor import ATTRIBUTES_KEY, RequestProcessor
-from extproc.recorder import Recorder
-from extproc.telemetry import MISROUTE_EVENT, SPAN_NAME, Tracing
+from extproc.config.snapshot import Snapshot, compile_config
+from extproc.routing.processor import ATTRIBUTES_KEY, RequestProcessor
+from extproc.telemetry.metrics import Metrics
+from extproc.telemetry.recorder import Recorder
+from extproc.telemetry.tracing import MISROUTE_EVENT, SPAN_NAME, Tracing
 from tests.conftest import chat_body
 from tests.protocol.streams import request_body, request_headers, set_headers
 

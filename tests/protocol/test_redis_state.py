@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from extproc.config import StateSettings, compile_config
-from extproc.metrics import Metrics
-from extproc.misroute import RecentRequest, RedisState, RequestSummary
-from extproc.processor import RequestProcessor
-from extproc.recorder import Recorder
-from extproc.telemetry import Tracing
+from extproc.config.snapshot import StateSettings, compile_config
+from extproc.routing.processor import RequestProcessor
+from extproc.telemetry.metrics import Metrics
+from extproc.telemetry.misroute import RecentRequest, RedisState, RequestSummary
+from extproc.telemetry.recorder import Recorder
+from extproc.telemetry.tracing import Tracing
 from tests.conftest import chat_body
 from tests.protocol.streams import request_body, request_headers
 from tests.protocol.test_recorder import CONFIG, response_chunk

@@ -14,10 +14,10 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from google.protobuf import struct_pb2, text_format
 
-from extproc.app import CascadeServer, ServeOptions
-from extproc.config import DEFAULT_CONFIG, Snapshot, compile_config
-from extproc.processor import RequestInfo
-from extproc.upstream import UpstreamProcessor, parse_host_metadata
+from extproc.app.run import CascadeServer, ServeOptions
+from extproc.config.snapshot import DEFAULT_CONFIG, Snapshot, compile_config
+from extproc.routing.processor import RequestInfo
+from extproc.routing.upstream import UpstreamProcessor, parse_host_metadata
 from tests.conftest import chat_body
 from tests.protocol.streams import common_of, request_body, request_headers, set_headers
 

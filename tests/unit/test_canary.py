@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from extproc.canary import (
+from extproc.config.snapshot import DEFAULT_CONFIG, compile_config
+from extproc.rollout.canary import (
     EXIT_COMPLETE,
     EXIT_ROLLED_BACK,
     ConfigFileTarget,
@@ -25,7 +26,6 @@ from extproc.canary import (
     edit_scalars,
     write_atomically,
 )
-from extproc.config import DEFAULT_CONFIG, compile_config
 
 CONFIG = DEFAULT_CONFIG.read_text().replace(
     "classifiers:\n  v7:", "classifiers:\n  v8: {default: weak}\n  v7:", 1

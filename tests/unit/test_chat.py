@@ -3,8 +3,8 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from extproc.chat import ChatRequest, parse_chat
-from extproc.errors import BodyNotUtf8, BodyTooLarge, ChatParseError, InvalidChatBody
+from extproc.core.chat import ChatRequest, parse_chat
+from extproc.core.errors import BodyNotUtf8, BodyTooLarge, ChatParseError, InvalidChatBody
 
 
 def parsed(doc: object) -> ChatRequest:

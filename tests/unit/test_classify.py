@@ -7,9 +7,10 @@ from collections.abc import Callable
 import orjson
 import pytest
 
-from extproc.chat import ChatRequest, parse_chat
-from extproc.classify import Decision, canary_bucket, choose_classifier, classify, select_text
-from extproc.config import Snapshot, TextScope
+from extproc.config.snapshot import Snapshot, TextScope
+from extproc.core.chat import ChatRequest, parse_chat
+from extproc.core.classify import Decision, canary_bucket, classify, select_text
+from extproc.routing.choice import choose_classifier
 from tests.conftest import chat_body
 
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from extproc.config import DEFAULT_CONFIG, compile_config, load_snapshot
-from extproc.errors import ConfigError
+from extproc.config.snapshot import DEFAULT_CONFIG, compile_config, load_snapshot
+from extproc.core.errors import ConfigError
 
 BASE = """
 tiers: [{name: weak}, {name: strong}]

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import pytest
 
-from extproc.config import (
+from extproc.config.snapshot import (
     DEFAULT_TRIGGERS,
     ExtProcCanary,
     RetrySettings,
     compile_config,
     fallback_chain,
 )
-from extproc.errors import ConfigError
+from extproc.core.errors import ConfigError
 
 BASE = """
 tiers:

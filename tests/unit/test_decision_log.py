@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from extproc.config import DecisionLogSettings
-from extproc.decision_log import DecisionLog
+from extproc.config.snapshot import DecisionLogSettings
+from extproc.telemetry.decision_log import DecisionLog
 
 
 def test_writes_one_line_per_record_and_rotates(tmp_path: Path) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from extproc.config import compile_config
-from extproc.envoy_render import bootstrap, render_yaml, typed_bootstrap
+from extproc.config.snapshot import compile_config
+from extproc.gateway.render import bootstrap, render_yaml, typed_bootstrap
 
 BASE = """
 tiers:

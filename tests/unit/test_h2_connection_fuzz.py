@@ -14,8 +14,8 @@ from hpack import Encoder
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from extproc import h2_frames as h2
-from extproc.h2_server import H2Connection, H2Server
+from extproc.transport.h2 import frames as h2
+from extproc.transport.h2.server import H2Connection, H2Server
 
 PATH = "/test.Echo/Stream"
 UNARY = "/test.Echo/Unary"

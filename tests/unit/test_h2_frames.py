@@ -1,4 +1,4 @@
-"""HTTP/2 and gRPC framing helpers of the lean transport (`extproc.h2_frames`)."""
+"""HTTP/2 and gRPC framing helpers of the lean transport (`extproc.transport.h2.frames`)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from hpack import Decoder
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from extproc import h2_frames as h2
-from extproc.h2_frames import GrpcError, ProtocolError
+from extproc.transport.h2 import frames as h2
+from extproc.transport.h2.frames import GrpcError, ProtocolError
 
 Frame = tuple[int, int, int, bytes]
 

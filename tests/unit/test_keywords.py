@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from extproc.keywords import KeywordMatcher
+from extproc.core.keywords import KeywordMatcher
 
 ALPHABET = st.sampled_from(
     [*list("abcdeKRFİIıΣσςÄäßẞ "), "리", "팩", "터", "重", "构", "K", "̇", "É", "é"]

@@ -6,8 +6,9 @@ import time
 
 import pytest
 
-from extproc.config import FeedbackSettings, StateSettings
-from extproc.misroute import (
+from extproc.config.snapshot import FeedbackSettings, StateSettings
+from extproc.routing.processor import retry_excerpt
+from extproc.telemetry.misroute import (
     FALSE_NEGATIVE,
     FALSE_POSITIVE,
     MemoryState,
@@ -21,8 +22,7 @@ from extproc.misroute import (
     sketch,
     unpack_sketch,
 )
-from extproc.processor import retry_excerpt
-from extproc.redact import builtin_redact, load_redactor
+from extproc.telemetry.redact import builtin_redact, load_redactor
 
 
 @pytest.mark.parametrize(
@@ -164,4 +164,4 @@ def test_builtin_redaction() -> None:
         assert secret not in out
     assert "mail" in out and "call" in out
     assert load_redactor("none")("a@b.cd") == "a@b.cd"
-    assert load_redactor("extproc.redact:builtin_redact")("a@b.cd") == "[email]"
+    assert load_redactor("extproc.telemetry.redact:builtin_redact")("a@b.cd") == "[email]"

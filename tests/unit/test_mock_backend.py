@@ -19,8 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from extproc.mock_backend import Fault, MockBackend, MockBackendThread
+from cascade_dev.mock_backend import Fault, MockBackend, MockBackendThread
 
 CASCADE = Path(sys.executable).with_name("cascade")
 CHAT = "/v1/chat/completions"

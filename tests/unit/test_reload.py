@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from extproc.errors import ConfigError
-from extproc.reload import ConfigStore
+from extproc.config.store import ConfigStore
+from extproc.core.errors import ConfigError
 
 CONFIG = """
 tiers: [{{name: weak}}, {{name: strong}}]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from extproc.config import compile_config
-from extproc.errors import ConfigError
+from extproc.config.snapshot import compile_config
+from extproc.core.errors import ConfigError
 
 BASE = """
 tiers: [{name: weak}, {name: strong}]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from extproc.config import Snapshot
+from extproc.config.snapshot import Snapshot
 from extproc.tuning.candidates import Example, find_candidates
 from extproc.tuning.lang import HAN, HANGUL, KANA, LATIN, NONE, detect_lang, terms
 from tests.unit.tuning_data import chat, records

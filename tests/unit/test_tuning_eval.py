@@ -9,7 +9,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from extproc.config import Snapshot, compile_config
+from extproc.config.snapshot import Snapshot, compile_config
 from extproc.tuning.dataset import ReadStats, read_records
 from extproc.tuning.evaluate import LOGGED, EvalResult, Evaluator, evaluate
 from extproc.tuning.metrics import CostModel

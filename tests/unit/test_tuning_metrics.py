@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from extproc.config import Price
+from extproc.config.snapshot import Price
 from extproc.tuning.metrics import (
     CostModel,
     Tally,

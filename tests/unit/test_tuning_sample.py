@@ -8,7 +8,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from extproc.config import Snapshot
+from extproc.config.snapshot import Snapshot
 from extproc.tuning.dataset import read_records
 from extproc.tuning.sample import (
     SampleOptions,

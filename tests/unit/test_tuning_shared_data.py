@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from extproc.config import Snapshot
+from extproc.config.snapshot import Snapshot
 from extproc.tuning.candidates import Example, find_candidates
 from extproc.tuning.dataset import ReadStats, Record, read_records
 from extproc.tuning.search import Objective

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
-from extproc.classify import classify
-from extproc.config import DEFAULT_CONFIG, Snapshot, compile_config
+from extproc.config.snapshot import DEFAULT_CONFIG, Snapshot, compile_config
+from extproc.core.classify import classify
 from extproc.tuning.metrics import CostModel
 from extproc.tuning.review import insert_version, render_config, review, review_blocks
 from extproc.tuning.search import Objective, TuneError

@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from extproc.usage import ResponseMeter
+from extproc.routing.usage import ResponseMeter
 
 USAGE = {"prompt_tokens": 12, "completion_tokens": 34, "total_tokens": 46}
 

@@ -1,0 +1,1 @@
+"""Development tools for the cascade router: mock OpenAI backends and `cascade demo`."""

@@ -1,0 +1,220 @@
+"""Wiring for `cascade serve`: config store, gRPC transport, health, reload, signals, drain.
+
+Two transports serve the same methods on `--listen`: `h2` (default; `extproc.transport.h2`, a lean
+HTTP/2 gRPC server on asyncio) and `grpcio` (grpc.aio). Both answer ext_proc `Process`,
+`grpc.health.v1.Health/Check` and the `cascade.v1` API; `Health/Watch` and server reflection
+exist only on `grpcio`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+import os
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from extproc.config.store import ConfigStore
+from extproc.routing.processor import Observer
+from extproc.services.api import SERVICE as CASCADE_SERVICE
+from extproc.services.api import CascadeService, add_to_server, h2_methods
+from extproc.telemetry.metrics import Metrics, MetricsServer
+from extproc.telemetry.recorder import Recorder
+from extproc.telemetry.tracing import Tracing
+from extproc.transport.grpcio import ExternalProcessor
+from extproc.transport.h2.frames import NOT_FOUND, GrpcError
+from extproc.transport.h2.server import H2Server, tls_context
+
+logger = logging.getLogger(__name__)
+
+EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
+PROCESS_PATH = f"/{EXT_PROC_SERVICE}/Process"
+HEALTH_CHECK_PATH = "/grpc.health.v1.Health/Check"
+TRANSPORTS = ("h2", "grpcio")
+
+
+@dataclass
+class ServeOptions:
+    config: Path
+    listen: str = "127.0.0.1:50051"
+    #: after SIGTERM: report NOT_SERVING this long before refusing new streams
+    drain_delay: float = 2.0
+    #: then wait at most this long for open streams to finish
+    grace: float = 10.0
+    reload_interval: float = 1.0
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    extra_services: list[object] = field(default_factory=list)
+    #: Prometheus `/metrics` address (port 0 = any free port); None = no endpoint
+    metrics_listen: str | None = None
+    #: `h2` (the lean HTTP/2 transport) or `grpcio` (grpc.aio)
+    transport: str = "h2"
+
+
+class CascadeServer:
+    """A running server; `start()`, then `wait()` or `shutdown()`."""
+
+    def __init__(self, options: ServeOptions, observer: Observer | None = None) -> None:
+        self.options = options
+        self.store = ConfigStore.open(options.config)
+        self.metrics = Metrics()
+        self.recorder = Recorder.from_settings(
+            lambda: self.store.current, self.metrics, Tracing.from_env()
+        )
+        self.store.listeners.append(self.recorder.reloaded)
+        self.servicer = ExternalProcessor(lambda: self.store.current, observer or self.recorder)
+        self.metrics.track_inflight(lambda: self.servicer.in_flight)
+        self.api = CascadeService(lambda: self.store.current, self.recorder)
+        self.metrics_server: MetricsServer | None = None
+        self.metrics_port = 0
+        self.health = health.aio.HealthServicer()
+        #: health by service name, as the h2 transport answers `Health/Check`
+        self.serving: dict[str, int] = {}
+        self.port = 0
+        self._server: grpc.aio.Server | None = None
+        self._h2: H2Server | None = None
+        self._watch: asyncio.Task[None] | None = None
+        self._stopped = asyncio.Event()
+
+    async def start(self) -> int:
+        options = self.options
+        if options.transport not in TRANSPORTS:
+            raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}")
+        self.recorder.start()
+        if options.metrics_listen is not None:
+            self._start_metrics(options.metrics_listen)
+        if options.transport == "h2":
+            self.port = await self._start_h2()
+        else:
+            self.port = await self._start_grpcio()
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        self._watch = asyncio.create_task(self.store.watch(options.reload_interval))
+        # Everything loaded so far lives for the whole process: keep it out of the GC's scans.
+        gc.freeze()
+        port_file = os.environ.get("CASCADE_PORT_FILE")
+        if port_file:  # lets tests and tools bind port 0 and learn the port
+            Path(port_file).write_text(str(self.port))
+        logger.info(
+            "cascade serving on port %d over %s (classifier %s, config %s)",
+            self.port,
+            options.transport,
+            self.store.current.stable,
+            options.config,
+        )
+        return self.port
+
+    def _message_limit(self) -> int:
+        # Envoy's buffer limit is the real cap on bodies; let gRPC carry what Envoy sends.
+        return max(self.store.current.server.max_body_bytes + 4 * 1024 * 1024, 64 * 1024 * 1024)
+
+    async def _start_h2(self) -> int:
+        options = self.options
+        unary = {HEALTH_CHECK_PATH: self._health_check, **h2_methods(self.api)}
+        self._h2 = H2Server({PROCESS_PATH: self.servicer.session}, unary, self._message_limit())
+        host, _, port = options.listen.rpartition(":")
+        context = None
+        if options.tls_cert and options.tls_key:
+            context = tls_context(options.tls_cert, options.tls_key)
+        return await self._h2.start(host.strip("[]") or "0.0.0.0", int(port), context)
+
+    def _health_check(self, raw: bytes, metadata: dict[str, str]) -> bytes:
+        service = health_pb2.HealthCheckRequest.FromString(raw).service
+        status = self.serving.get(service)
+        if status is None:
+            raise GrpcError(NOT_FOUND, f"unknown service {service!r}")
+        return bytes(health_pb2.HealthCheckResponse(status=status).SerializeToString())
+
+    async def _set_health(self, status: int) -> None:
+        for service in ("", EXT_PROC_SERVICE, CASCADE_SERVICE):
+            self.serving[service] = status
+            if self._server is not None:
+                await self.health.set(service, status)
+
+    async def _start_grpcio(self) -> int:
+        limit = self._message_limit()
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", limit),
+                ("grpc.so_reuseport", 1),
+            ]
+        )
+        pb_grpc.add_ExternalProcessorServicer_to_server(self.servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        add_to_server(self.api, server)
+        options = self.options
+        if options.tls_cert and options.tls_key:
+            credentials = grpc.ssl_server_credentials(
+                [(options.tls_key.read_bytes(), options.tls_cert.read_bytes())]
+            )
+            port: int = server.add_secure_port(options.listen, credentials)
+        else:
+            port = server.add_insecure_port(options.listen)
+        await server.start()
+        self._server = server
+        return port
+
+    def _start_metrics(self, listen: str) -> None:
+        """Serve `/metrics`; a busy port is logged, not fatal (routing matters more)."""
+        server = MetricsServer(self.metrics, listen)
+        try:
+            self.metrics_port = server.start()
+        except OSError as exc:
+            logger.error("metrics endpoint %s unavailable, serving without it: %s", listen, exc)
+            return
+        self.metrics_server = server
+        port_file = os.environ.get("CASCADE_METRICS_PORT_FILE")
+        if port_file:
+            Path(port_file).write_text(str(self.metrics_port))
+
+    async def shutdown(self) -> None:
+        """NOT_SERVING → wait `drain_delay` → stop accepting → wait up to `grace` for streams."""
+        if (self._server is None and self._h2 is None) or self._stopped.is_set():
+            return
+        logger.info("shutting down: NOT_SERVING, draining %d open streams", self.servicer.in_flight)
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self._server is not None:
+            await self.health.enter_graceful_shutdown()
+        await asyncio.sleep(self.options.drain_delay)
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+        if self._server is not None:
+            await self._server.stop(self.options.grace)
+        if self._h2 is not None:
+            await self._h2.stop(self.options.grace)
+        await self.recorder.stop()
+        if self.metrics_server is not None:
+            self.metrics_server.stop()
+        logger.info("stopped")
+        self._stopped.set()
+
+    async def wait(self) -> None:
+        await self._stopped.wait()
+
+
+async def run(options: ServeOptions, observer: Observer | None = None) -> int:
+    """Serve until SIGTERM or SIGINT, then drain and return 0."""
+    server = CascadeServer(options, observer)
+    await server.start()
+    loop = asyncio.get_running_loop()
+    stopping: list[asyncio.Task[None]] = []
+
+    def on_signal(signum: int) -> None:
+        if stopping:
+            return
+        logger.info("received %s", signal.Signals(signum).name)
+        stopping.append(asyncio.create_task(server.shutdown()))
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    await server.wait()
+    return 0

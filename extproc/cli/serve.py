@@ -1,0 +1,89 @@
+"""`cascade serve`: the ext_proc gRPC server."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from extproc.cli.config import default_config_path
+
+
+def register(sub: Any) -> None:
+    parser = sub.add_parser("serve", help="run the ext_proc gRPC server (plus gRPC health)")
+    parser.add_argument("--config", type=Path, default=None, help="cascade config file")
+    parser.add_argument(
+        "--listen", default="127.0.0.1:50051", help="gRPC address (default 127.0.0.1:50051)"
+    )
+    parser.add_argument(
+        "--drain-delay",
+        type=float,
+        default=2.0,
+        help="seconds to report NOT_SERVING after SIGTERM before refusing new streams",
+    )
+    parser.add_argument(
+        "--grace", type=float, default=10.0, help="seconds to let open streams finish"
+    )
+    parser.add_argument(
+        "--reload-interval", type=float, default=1.0, help="config file poll interval, seconds"
+    )
+    parser.add_argument(
+        "--metrics-listen",
+        default=os.environ.get("CASCADE_METRICS_LISTEN", "127.0.0.1:9464"),
+        help="Prometheus /metrics address, port 0 = any free port, 'off' = none "
+        "(default 127.0.0.1:9464, or $CASCADE_METRICS_LISTEN; containers use 0.0.0.0:9464)",
+    )
+    parser.add_argument(
+        "--transport",
+        default="h2",
+        choices=["h2", "grpcio"],
+        help="gRPC transport: h2 (lean HTTP/2 server, default) or grpcio (grpc.aio)",
+    )
+    parser.add_argument("--tls-cert", type=Path, help="PEM certificate: serve gRPC over TLS")
+    parser.add_argument("--tls-key", type=Path, help="PEM private key for --tls-cert")
+    parser.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
+    parser.add_argument("--log-format", default="text", choices=["text", "json"])
+    parser.set_defaults(func=run_serve)
+
+
+def configure_logging(level: str, fmt: str) -> None:
+    if fmt == "json":
+        pattern = (
+            '{"time":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s",'
+            '"message":"%(message)s"}'
+        )
+    else:
+        pattern = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=level.upper(), format=pattern, stream=sys.stderr)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from extproc.app.run import ServeOptions, run
+    from extproc.core.errors import ConfigError
+
+    configure_logging(args.log_level, args.log_format)
+    if bool(args.tls_cert) != bool(args.tls_key):
+        print("cascade: --tls-cert and --tls-key go together", file=sys.stderr)
+        return 2
+    options = ServeOptions(
+        config=args.config or default_config_path(),
+        listen=args.listen,
+        drain_delay=args.drain_delay,
+        grace=args.grace,
+        reload_interval=args.reload_interval,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        metrics_listen=None if args.metrics_listen == "off" else args.metrics_listen,
+        transport=args.transport,
+    )
+    try:
+        return asyncio.run(run(options))
+    except ConfigError as exc:
+        print(f"cascade: {exc}", file=sys.stderr)
+        return 2

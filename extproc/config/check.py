@@ -1,0 +1,108 @@
+"""Validation helpers shared by the config sections.
+
+Each `Checker` method takes a value and its field path, and returns the value typed or raises a
+`ConfigError` naming the file, the path and what was expected.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from extproc.core.errors import ConfigError
+
+
+class Checker:
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, path: str, message: str) -> ConfigError:
+        return ConfigError(self.source, path, message)
+
+    def mapping(
+        self,
+        value: object,
+        path: str,
+        allowed: set[str],
+        required: set[str] = frozenset(),  # type: ignore[assignment]
+    ) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise self.fail(path, f"expected a mapping, got {type_name(value)}")
+        for key in value:
+            if not isinstance(key, str):
+                raise self.fail(path, f"keys must be strings, got {key!r}")
+            if key not in allowed:
+                raise self.fail(
+                    join_path(path, key),
+                    f"unknown key; expected one of: {', '.join(sorted(allowed))}",
+                )
+        for key in sorted(required):
+            if key not in value:
+                raise self.fail(join_path(path, key), "is required")
+        return value
+
+    def string(self, value: object, path: str, *, empty: bool = False) -> str:
+        if not isinstance(value, str):
+            raise self.fail(path, f"expected a string, got {type_name(value)}")
+        if not empty and not value.strip():
+            raise self.fail(path, "expected a non-empty string")
+        return value
+
+    def integer(self, value: object, path: str, *, minimum: int = 0) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.fail(path, f"expected an integer, got {type_name(value)}")
+        if value < minimum:
+            raise self.fail(path, f"expected an integer >= {minimum}, got {value}")
+        return value
+
+    def number(self, value: object, path: str, *, minimum: float = 0.0) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.fail(path, f"expected a number, got {type_name(value)}")
+        if value < minimum:
+            raise self.fail(path, f"expected a number >= {minimum}, got {value}")
+        return float(value)
+
+    def percent(self, value: object, path: str) -> float:
+        number = self.number(value, path)
+        if number > 100:
+            raise self.fail(path, f"expected a percentage 0..100, got {number}")
+        return number
+
+    def boolean(self, value: object, path: str) -> bool:
+        if not isinstance(value, bool):
+            raise self.fail(path, f"expected true or false, got {type_name(value)}")
+        return value
+
+    def sequence(self, value: object, path: str, *, empty: bool = False) -> list[Any]:
+        if not isinstance(value, list):
+            raise self.fail(path, f"expected a list, got {type_name(value)}")
+        if not empty and not value:
+            raise self.fail(path, "expected a non-empty list")
+        return value
+
+    def choice(self, value: object, path: str, choices: tuple[str, ...]) -> str:
+        text = self.string(value, path)
+        if text not in choices:
+            raise self.fail(path, f"expected one of {', '.join(choices)}, got {text!r}")
+        return text
+
+    def host_port(self, value: str, path: str, *, allow_zero: bool = False) -> tuple[str, int]:
+        host, sep, port_text = value.rpartition(":")
+        low = 0 if allow_zero else 1
+        if not sep or not host or not port_text.isdigit() or not low <= int(port_text) < 65536:
+            raise self.fail(path, f"expected host:port, got {value!r}")
+        return host, int(port_text)
+
+
+def type_name(value: object) -> str:
+    if value is None:
+        return "null"
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def join_path(path: str, key: str | int) -> str:
+    """`tiers` + 0 -> `tiers[0]`; `tiers[0]` + `name` -> `tiers[0].name`; `` + `x` -> `x`."""
+    if isinstance(key, int):
+        return f"{path}[{key}]"
+    return f"{path}.{key}" if path else key

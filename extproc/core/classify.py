@@ -1,0 +1,126 @@
+"""The pure classification core: `(ChatRequest, Classifier) -> Decision`.
+
+No I/O, no gRPC, no telemetry. The server calls it per request; the offline tools replay recorded
+requests through the same function.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from extproc.core.chat import ChatRequest
+from extproc.core.rules import Classifier, Rule, RuleKind, TextScope
+
+#: `rule` of a decision taken when no rule matched.
+RULE_DEFAULT = "default"
+#: `rule` of a decision taken without classifying (body unusable, too large, not UTF-8).
+RULE_UNPARSED = "unparsed"
+#: `rule` of a decision taken because classification raised.
+RULE_ERROR = "error"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What the router decided for one request, and why."""
+
+    tier: str
+    classifier: str
+    rule: str
+    #: Short ASCII reason for the `x-cascade-reason` header, e.g. `keyword:refactor`, `chars>500`.
+    reason: str
+    keywords: tuple[str, ...] = ()
+    chars: int = 0
+    bytes: int = 0
+    messages: int = 0
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "tier": self.tier,
+            "classifier": self.classifier,
+            "rule": self.rule,
+            "reason": self.reason,
+            "keywords": list(self.keywords),
+            "chars": self.chars,
+            "bytes": self.bytes,
+            "messages": self.messages,
+        }
+
+
+def select_text(messages: tuple[tuple[str, str], ...], scope: TextScope) -> str:
+    """The text a classifier version reads; messages without text are skipped."""
+    if scope is TextScope.ALL:
+        return " ".join([text for _role, text in messages if text])
+    if scope is TextScope.USER:
+        return " ".join([text for role, text in messages if role == "user" and text])
+    for role, text in reversed(messages):
+        if role == "user":
+            return text
+    return ""
+
+
+def classify(chat: ChatRequest, classifier: Classifier) -> Decision:
+    """Evaluate the classifier's rules in order; the first match decides."""
+    text = select_text(chat.messages, classifier.text)
+    data = text.encode("utf-8")
+    chars, size, count = len(text), len(data), len(chat.messages)
+    for rule in classifier.rules:
+        if rule.matcher is not None:
+            found = rule.matcher.search(text, data)
+            if found:
+                return Decision(
+                    tier=rule.tier,
+                    classifier=classifier.version,
+                    rule=rule.name,
+                    reason=f"{rule.name}:{_ascii(found[0])}",
+                    keywords=found,
+                    chars=chars,
+                    bytes=size,
+                    messages=count,
+                )
+            continue
+        value = (
+            chars if rule.kind is RuleKind.CHARS else size if rule.kind is RuleKind.BYTES else count
+        )
+        if _in_range(rule, value):
+            return Decision(
+                tier=rule.tier,
+                classifier=classifier.version,
+                rule=rule.name,
+                reason=f"{rule.name}:{rule.describe()}",
+                chars=chars,
+                bytes=size,
+                messages=count,
+            )
+    return Decision(
+        tier=classifier.default,
+        classifier=classifier.version,
+        rule=RULE_DEFAULT,
+        reason=RULE_DEFAULT,
+        chars=chars,
+        bytes=size,
+        messages=count,
+    )
+
+
+def _in_range(rule: Rule, value: int) -> bool:
+    if rule.gt is not None and value <= rule.gt:
+        return False
+    return rule.lt is None or value < rule.lt
+
+
+def _ascii(keyword: str) -> str:
+    """Keywords go into an HTTP header: percent-encode what is not printable ASCII."""
+    if keyword.isascii() and keyword.isprintable():
+        return keyword
+    return "".join(
+        ch if ch.isascii() and ch.isprintable() else "".join(f"%{b:02X}" for b in ch.encode())
+        for ch in keyword
+    )
+
+
+def canary_bucket(key: str | bytes) -> float:
+    """Map a key uniformly and deterministically to [0, 100)."""
+    raw = key.encode("utf-8") if isinstance(key, str) else key
+    digest = hashlib.blake2b(raw, digest_size=8).digest()
+    return int.from_bytes(digest, "big") % 10_000 / 100.0

@@ -1,0 +1,56 @@
+"""Compiled classifier versions: ordered rules over a request's text, first match wins.
+
+Plain data built by `extproc.config` from YAML and read by `extproc.core.classify`.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from extproc.core.keywords import KeywordMatcher
+
+
+class TextScope(enum.Enum):
+    """Which message text a classifier version looks at."""
+
+    ALL = "all"  # every message's text, joined with a space
+    USER = "user"  # user messages only, joined with a space
+    LAST_USER = "last_user"  # the last user message
+
+
+class RuleKind(enum.Enum):
+    KEYWORD = "keyword"
+    CHARS = "chars"
+    BYTES = "bytes"
+    MESSAGES = "messages"
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    name: str
+    kind: RuleKind
+    tier: str
+    gt: int | None = None
+    lt: int | None = None
+    matcher: KeywordMatcher | None = None
+
+    def describe(self) -> str:
+        """A short ASCII description of the condition, e.g. `chars>500`."""
+        parts = []
+        if self.gt is not None:
+            parts.append(f"{self.kind.value}>{self.gt}")
+        if self.lt is not None:
+            parts.append(f"{self.kind.value}<{self.lt}")
+        return "&".join(parts) or self.kind.value
+
+
+@dataclass(frozen=True, slots=True)
+class Classifier:
+    """One compiled classifier version: ordered rules, first match wins, else `default`."""
+
+    version: str
+    text: TextScope
+    default: str
+    rules: tuple[Rule, ...]
+    disabled_rules: tuple[str, ...] = ()

@@ -1,0 +1,187 @@
+"""The upstream (per-attempt) ext_proc role: the model name of the host actually chosen.
+
+Envoy runs this filter on the fallback aggregate clusters after the load balancer picked a host,
+once per attempt, and opens the stream with gRPC metadata `x-cascade-role: upstream`. The first
+message carries the request attribute `xds.upstream_host_metadata`: the chosen endpoint's
+`filter_metadata.cascade` (`tier`, `model`), rendered by `cascade render envoy`.
+
+Per attempt it
+- counts a fallback when the host's tier is not the tier the classifier decided
+  (`Observer.fell_back`; shadow copies from a mirror policy are not fallbacks);
+- with `server.rewrite_model`, sets the body's `model` to the host's model and a matching
+  `content-length` (a retry moved from strong to weak must ask weak for weak's model).
+
+Anything unexpected (no metadata, a body that is not JSON) leaves the attempt unchanged.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+import orjson
+from envoy.config.core.v3 import base_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from google.protobuf import json_format, struct_pb2, text_format
+
+from extproc.config.snapshot import Snapshot
+from extproc.core import headers
+from extproc.routing import mutations
+from extproc.routing.processor import NullObserver, Observer, RequestInfo, header_map
+
+logger = logging.getLogger(__name__)
+
+#: Key of the request attributes in `ProcessingRequest.attributes`.
+ATTRIBUTES_KEY = "envoy.filters.http.ext_proc"
+HOST_METADATA = "xds.upstream_host_metadata"
+UPSTREAM_ADDRESS = "upstream.address"
+#: Namespace of the endpoint metadata written by the renderer.
+NAMESPACE = "cascade"
+
+_OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+
+
+@functools.lru_cache(maxsize=512)
+def parse_host_metadata(text: str) -> tuple[str, str]:
+    """(tier, model) from the text-format `config.core.v3.Metadata` Envoy sends; "" if absent."""
+    if not text or text == "NULL":
+        return "", ""
+    metadata = base_pb2.Metadata()
+    try:
+        text_format.Parse(text, metadata)
+    except text_format.ParseError:
+        logger.warning("unparsable upstream host metadata: %.200s", text)
+        return "", ""
+    return _from_struct(metadata.filter_metadata.get(NAMESPACE))
+
+
+def _from_struct(struct: struct_pb2.Struct | None) -> tuple[str, str]:
+    if struct is None:
+        return "", ""
+    fields = struct.fields
+    tier = fields["tier"].string_value if "tier" in fields else ""
+    model = fields["model"].string_value if "model" in fields else ""
+    return tier, model
+
+
+def host_of(request: pb.ProcessingRequest) -> tuple[str, str, str]:
+    """(tier, model, address) of the chosen host, from the first message's attributes."""
+    if ATTRIBUTES_KEY not in request.attributes:
+        return "", "", ""
+    fields = request.attributes[ATTRIBUTES_KEY].fields
+    address = fields[UPSTREAM_ADDRESS].string_value if UPSTREAM_ADDRESS in fields else ""
+    if HOST_METADATA not in fields:
+        return "", "", address
+    value = fields[HOST_METADATA]
+    kind = value.WhichOneof("kind")
+    if kind == "string_value":
+        tier, model = parse_host_metadata(value.string_value)
+    elif kind == "struct_value":  # a structured form, should Envoy ever send one
+        metadata = base_pb2.Metadata()
+        json_format.ParseDict(json_format.MessageToDict(value.struct_value), metadata)
+        tier, model = _from_struct(metadata.filter_metadata.get(NAMESPACE))
+    else:
+        tier, model = "", ""
+    return tier, model, address
+
+
+def _content_length(length: int) -> pb.CommonResponse:
+    return pb.CommonResponse(
+        header_mutation=pb.HeaderMutation(
+            set_headers=[
+                base_pb2.HeaderValueOption(
+                    header=base_pb2.HeaderValue(
+                        key=headers.CONTENT_LENGTH, raw_value=str(length).encode()
+                    ),
+                    append_action=_OVERWRITE,
+                )
+            ]
+        )
+    )
+
+
+class UpstreamProcessor:
+    """One attempt's stream. Same contract as `RequestProcessor`: `handle` never raises."""
+
+    __slots__ = ("decided", "done", "host_model", "host_tier", "info", "observer", "snapshot")
+
+    def __init__(self, snapshot: Snapshot, observer: Observer | None = None) -> None:
+        self.snapshot = snapshot
+        self.observer: Observer = observer or NullObserver()
+        self.info = RequestInfo()
+        self.done = False
+        self.decided = ""
+        self.host_tier = ""
+        self.host_model = ""
+
+    def handle(self, request: pb.ProcessingRequest) -> pb.ProcessingResponse:
+        kind = request.WhichOneof("request") or ""
+        try:
+            if kind == "request_headers":
+                return self.on_request_headers(request)
+            if kind == "request_body":
+                return self.on_request_body(request.request_body)
+        except Exception:
+            logger.exception("upstream %s handling failed (request %s)", kind, self.info.request_id)
+        return mutations.EMPTY_BY_KIND.get(kind, mutations.EMPTY_REQUEST_HEADERS)
+
+    def on_request_headers(self, request: pb.ProcessingRequest) -> pb.ProcessingResponse:
+        values = header_map(request.request_headers.headers)
+        info = self.info
+        info.headers = values
+        info.path = values.get(headers.PATH, "")
+        info.method = values.get(headers.METHOD, "")
+        info.request_id = values.get(headers.REQUEST_ID, "")
+        info.content_type = values.get(headers.CONTENT_TYPE, "")
+        self.decided = values.get(headers.TIER, "")
+        self.host_tier, self.host_model, address = host_of(request)
+        if (
+            self.decided
+            and self.host_tier
+            and self.host_tier != self.decided
+            and headers.SHADOW_OF not in values
+        ):
+            logger.info(
+                "fallback %s -> %s (host %s, request %s)",
+                self.decided,
+                self.host_tier,
+                address,
+                info.request_id,
+            )
+            self.observer.fell_back(self.decided, self.host_tier, info)
+        return mutations.EMPTY_REQUEST_HEADERS
+
+    def on_request_body(self, message: pb.HttpBody) -> pb.ProcessingResponse:
+        if not message.end_of_stream:
+            return mutations.EMPTY_REQUEST_BODY
+        body = self._rewritten(message.body)
+        if body is not None:
+            common = _content_length(len(body))
+            common.body_mutation.body = body
+            return pb.ProcessingResponse(request_body=pb.BodyResponse(response=common))
+        # Upstream filters change the router's request headers in place: a content-length set
+        # for an earlier attempt's rewritten body is still there while the router replays the
+        # original body for this one. Left alone, the backend would wait for the missing bytes.
+        declared = self.info.headers.get(headers.CONTENT_LENGTH)
+        if declared is not None and declared != str(len(message.body)):
+            return pb.ProcessingResponse(
+                request_body=pb.BodyResponse(response=_content_length(len(message.body)))
+            )
+        return mutations.EMPTY_REQUEST_BODY
+
+    def _rewritten(self, body: bytes) -> bytes | None:
+        """The body with the host's model, or None to leave it as it is."""
+        model = self.host_model
+        if not model or not self.snapshot.server.rewrite_model or not body:
+            return None
+        try:
+            document = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return None
+        if not isinstance(document, dict) or document.get("model") == model:
+            return None
+        document["model"] = model
+        return orjson.dumps(document)
+
+    def close(self) -> None:
+        """The stream ended (same interface as `RequestProcessor`)."""

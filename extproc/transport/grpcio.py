@@ -1,0 +1,94 @@
+"""The ext_proc transports' shared part, and the grpc.aio one.
+
+Both transports open one processor per stream with `open_processor` and feed it every message:
+`ExternalProcessor` is the grpc.aio servicer (a thin stream loop); `ExtProcSession` is the same
+loop for the lean HTTP/2 transport (`extproc.transport.h2`), which hands it serialized messages.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+
+import grpc
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+
+from extproc.config.snapshot import Snapshot
+from extproc.core import headers
+from extproc.routing.processor import Observer, RequestProcessor
+from extproc.routing.upstream import UpstreamProcessor
+
+logger = logging.getLogger(__name__)
+
+
+def role_of(context: grpc.aio.ServicerContext[pb.ProcessingRequest, pb.ProcessingResponse]) -> str:
+    """The stream's role from gRPC metadata `x-cascade-role` (absent: the classifier)."""
+    for key, value in context.invocation_metadata() or ():
+        if key == headers.ROLE_METADATA:
+            return str(value)
+    return ""
+
+
+def open_processor(
+    snapshot: Snapshot, observer: Observer | None, role: str
+) -> RequestProcessor | UpstreamProcessor:
+    """The processor for a new stream: per-attempt (`upstream` role) or the classifier."""
+    if role == headers.ROLE_UPSTREAM:  # per-attempt filter on a cluster
+        return UpstreamProcessor(snapshot, observer)
+    return RequestProcessor(snapshot, observer)
+
+
+class ExtProcSession:
+    """One ext_proc stream on the HTTP/2 transport: bytes in, bytes out, same processor."""
+
+    __slots__ = ("_owner", "_processor")
+
+    def __init__(self, owner: ExternalProcessor, metadata: dict[str, str]) -> None:
+        self._owner = owner
+        self._processor = open_processor(
+            owner.snapshot(), owner.observer, metadata.get(headers.ROLE_METADATA, "")
+        )
+        owner.in_flight += 1
+
+    @property
+    def done(self) -> bool:
+        return self._processor.done
+
+    def message(self, raw: bytes) -> bytes:
+        request = pb.ProcessingRequest.FromString(raw)
+        return bytes(self._processor.handle(request).SerializeToString())
+
+    def close(self) -> None:
+        self._owner.in_flight -= 1
+        self._processor.close()
+
+
+class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
+    """One stream per HTTP request; each message answered in order, at once."""
+
+    def session(self, metadata: dict[str, str]) -> ExtProcSession:
+        """The HTTP/2 transport's stream factory."""
+        return ExtProcSession(self, metadata)
+
+    def __init__(self, snapshot: Callable[[], Snapshot], observer: Observer | None = None) -> None:
+        self.snapshot = snapshot
+        self.observer = observer
+        #: streams currently open (read by shutdown and metrics)
+        self.in_flight = 0
+
+    async def Process(
+        self,
+        request_iterator: AsyncIterator[pb.ProcessingRequest],
+        context: grpc.aio.ServicerContext[pb.ProcessingRequest, pb.ProcessingResponse],
+    ) -> AsyncIterator[pb.ProcessingResponse]:
+        processor = open_processor(self.snapshot(), self.observer, role_of(context))
+        self.in_flight += 1
+        try:
+            async for request in request_iterator:
+                yield processor.handle(request)
+                if processor.done:
+                    return
+        finally:
+            self.in_flight -= 1
+            processor.close()
