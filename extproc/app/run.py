@@ -22,6 +22,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from extproc.config.store import ConfigStore
+from extproc.core.hostport import parse_listen
 from extproc.routing.processor import Observer
 from extproc.services.api import SERVICE as CASCADE_SERVICE
 from extproc.services.api import CascadeService, add_to_server, h2_methods
@@ -118,11 +119,11 @@ class CascadeServer:
         options = self.options
         unary = {HEALTH_CHECK_PATH: self._health_check, **h2_methods(self.api)}
         self._h2 = H2Server({PROCESS_PATH: self.servicer.session}, unary, self._message_limit())
-        host, _, port = options.listen.rpartition(":")
+        host, port = parse_listen(options.listen)
         context = None
         if options.tls_cert and options.tls_key:
             context = tls_context(options.tls_cert, options.tls_key)
-        return await self._h2.start(host.strip("[]") or "0.0.0.0", int(port), context)
+        return await self._h2.start(host, port, context)
 
     def _health_check(self, raw: bytes, metadata: dict[str, str]) -> bytes:
         service = health_pb2.HealthCheckRequest.FromString(raw).service

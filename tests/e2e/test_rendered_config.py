@@ -87,3 +87,29 @@ def test_fallback_pieces_are_in_the_default_config() -> None:
     assert policy["retry_priority"]["name"] == "envoy.retry_priorities.previous_priorities"
     assert policy["rate_limited_retry_back_off"]["reset_headers"][0]["name"] == "retry-after"
     assert "retry_priority" not in routes["tier_weak"]["route"]["retry_policy"]
+
+
+def test_ipv6_backends_and_listeners_validate(tmp_path: Path) -> None:
+    """`[::1]:port` in the cascade config renders as an address Envoy 1.40 accepts."""
+    from extproc.config.snapshot import compile_config
+
+    snapshot = compile_config(
+        """
+tiers:
+  - {name: weak, model: small, backends: [{address: "[::1]:18081"}]}
+  - {name: strong, model: big, fallback: weak, backends: [{address: "[::1]:18082"}]}
+classifier: v1
+classifiers: {v1: {default: weak}}
+envoy: {listen: "[::1]:10000", admin: "[::1]:9901", ext_proc: ["[::1]:50051"]}
+"""
+    )
+    rendered = tmp_path / "envoy.yaml"
+    rendered.write_text(render_yaml(snapshot))
+    result = subprocess.run(
+        [str(ENVOY), "--mode", "validate", "-c", str(rendered)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]

@@ -14,7 +14,8 @@ import pytest
 import yaml
 
 from extproc.config.snapshot import compile_config
-from extproc.gateway.render import EXT_PROC_CLUSTER, render_yaml
+from extproc.gateway.common import EXT_PROC_CLUSTER
+from extproc.gateway.render import render_yaml
 from tests.k8s.conftest import K8S, container, find, one
 from tests.k8s.kustomize import Obj
 

@@ -239,3 +239,11 @@ def test_ext_proc_cluster_resolves_names_and_keeps_ips_static() -> None:
     text = BASE + "envoy: {ext_proc: ['cascade-classifier.cascade.svc:50051']}\n"
     _, clusters = render(text)
     assert clusters["cascade_extproc"]["type"] == "STRICT_DNS"
+
+
+def test_ipv6_backend_renders_as_a_bare_address_envoy_accepts() -> None:
+    text = BASE.replace('"10.0.0.1:8000"', '"[::1]:18081"')
+    _, clusters = render(text)
+    endpoint = clusters["tier_weak"]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
+    socket = endpoint["endpoint"]["address"]["socket_address"]
+    assert socket == {"address": "::1", "port_value": 18081}

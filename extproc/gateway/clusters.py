@@ -1,0 +1,208 @@
+"""Clusters: the classifier deployments, one per tier (and backend group), fallback aggregates."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from extproc.config.snapshot import Backend, Snapshot, Tier, fallback_chain
+from extproc.core.hostport import join_host_port
+from extproc.gateway.common import (
+    EXT_PROC_CANARY,
+    EXT_PROC_CLUSTER,
+    HTTP_PROTOCOL_OPTIONS,
+    TYPE,
+    duration,
+    fallback_cluster,
+    group_cluster,
+    is_ip_address,
+    socket_address,
+    tier_cluster,
+)
+from extproc.gateway.filters import upstream_filters
+
+
+def _ext_proc_cluster(
+    snapshot: Snapshot, name: str, endpoints: list[tuple[str, int | None]]
+) -> dict[str, Any]:
+    lb_endpoints = []
+    for address, weight in endpoints:
+        endpoint: dict[str, Any] = {"endpoint": {"address": socket_address(address)}}
+        if weight is not None:
+            endpoint["load_balancing_weight"] = weight
+        lb_endpoints.append(endpoint)
+    return {
+        "name": name,
+        # A Kubernetes Service name needs DNS; STATIC takes IP addresses only.
+        "type": "STATIC" if all(is_ip_address(a) for a, _ in endpoints) else "STRICT_DNS",
+        "connect_timeout": duration(snapshot.envoy.connect_timeout_ms),
+        "lb_policy": "ROUND_ROBIN",
+        "typed_extension_protocol_options": {
+            HTTP_PROTOCOL_OPTIONS: {
+                "@type": TYPE + HTTP_PROTOCOL_OPTIONS,
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        },
+        "health_checks": [
+            {
+                "timeout": "1s",
+                "interval": "2s",
+                "no_traffic_interval": "2s",
+                "unhealthy_threshold": 1,
+                "healthy_threshold": 1,
+                "grpc_health_check": {},
+            }
+        ],
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": lb_endpoints}],
+        },
+    }
+
+
+def ext_proc_clusters(snapshot: Snapshot) -> list[dict[str, Any]]:
+    """The classifier cluster; with `envoy.ext_proc_canary` also the canary deployment."""
+    stable = list(snapshot.envoy.ext_proc)
+    canary = snapshot.envoy.ext_proc_canary
+    if canary is None:
+        return [_ext_proc_cluster(snapshot, EXT_PROC_CLUSTER, [(a, None) for a in stable])]
+    if canary.mode == "route":
+        return [
+            _ext_proc_cluster(snapshot, EXT_PROC_CLUSTER, [(a, None) for a in stable]),
+            _ext_proc_cluster(snapshot, EXT_PROC_CANARY, [(a, None) for a in canary.addresses]),
+        ]
+    # One cluster, weighted endpoints: each stream is one pick, so the canary deployment
+    # answers `percent` of the streams (upstream-role streams included).
+    units = 10_000
+    canary_share = round(canary.percent * 100)  # of 10,000
+    endpoints: list[tuple[str, int | None]] = []
+    if canary_share < units:
+        endpoints += [(a, (units - canary_share) * len(canary.addresses)) for a in stable]
+    if canary_share > 0:
+        endpoints += [(a, canary_share * len(stable)) for a in canary.addresses]
+    return [_ext_proc_cluster(snapshot, EXT_PROC_CLUSTER, endpoints)]
+
+
+def _circuit_breakers(snapshot: Snapshot) -> dict[str, Any]:
+    return {
+        "thresholds": [
+            {"priority": "DEFAULT", "max_retries": snapshot.envoy.retries.max_concurrent},
+            {"priority": "HIGH", "max_retries": snapshot.envoy.retries.max_concurrent},
+        ]
+    }
+
+
+def _outlier_detection(snapshot: Snapshot) -> dict[str, Any] | None:
+    outlier = snapshot.envoy.outlier_detection
+    if not outlier.enabled:
+        return None
+    return {
+        # Connect failures count as 5xx here (split_external_local_origin_errors is off).
+        "consecutive_5xx": outlier.consecutive_5xx,
+        "interval": duration(outlier.interval_ms),
+        "base_ejection_time": duration(outlier.base_ejection_ms),
+        # Envoy's default of 10 % never ejects the only host of a small tier.
+        "max_ejection_percent": outlier.max_ejection_percent,
+    }
+
+
+def _backend_cluster(
+    snapshot: Snapshot, name: str, tier: Tier, backends: tuple[Backend, ...], *, rewrite: bool
+) -> dict[str, Any]:
+    endpoints = [
+        {
+            "endpoint": {"address": socket_address(join_host_port(b.address, b.port))},
+            "load_balancing_weight": b.weight,
+            "metadata": {"filter_metadata": {"cascade": {"model": b.model, "tier": tier.name}}},
+        }
+        for b in backends
+    ]
+    cluster: dict[str, Any] = {
+        "name": name,
+        "type": "STRICT_DNS",
+        "connect_timeout": duration(snapshot.envoy.connect_timeout_ms),
+        "lb_policy": "ROUND_ROBIN",
+        "circuit_breakers": _circuit_breakers(snapshot),
+    }
+    outlier = _outlier_detection(snapshot)
+    if outlier is not None:
+        cluster["outlier_detection"] = outlier
+    if rewrite:
+        cluster["typed_extension_protocol_options"] = upstream_filters(snapshot, rewrite=True)
+    cluster["load_assignment"] = {
+        "cluster_name": name,
+        "endpoints": [{"lb_endpoints": endpoints}] if endpoints else [],
+    }
+    return cluster
+
+
+def tier_clusters(snapshot: Snapshot) -> list[dict[str, Any]]:
+    """Per tier: `tier_<name>` with every backend (route target, fallback and mirror member),
+    plus `tier_<name>_<group>` per backend group when the tier has a backend canary."""
+    rewrite = snapshot.server.rewrite_model
+    mirrored = {t.mirror.tier for t in snapshot.tiers if t.mirror is not None}
+    clusters = []
+    for tier in snapshot.tiers:
+        groups = tier.backend_groups
+        # A host whose model differs from what the classifier wrote needs the per-attempt
+        # rewrite: a canary group with its own model, or a mirror target (the shadow copy
+        # carries the mirrored tier's model).
+        own_models = any(b.model != tier.model for b in tier.backends)
+        clusters.append(
+            _backend_cluster(
+                snapshot,
+                tier_cluster(tier),
+                tier,
+                tier.backends,
+                rewrite=rewrite and (own_models or tier.name in mirrored),
+            )
+        )
+        if len(groups) >= 2:
+            for group, members in groups:
+                clusters.append(
+                    _backend_cluster(
+                        snapshot,
+                        group_cluster(tier, group),
+                        tier,
+                        members,
+                        rewrite=rewrite and any(b.model != tier.model for b in members),
+                    )
+                )
+    return clusters
+
+
+def fallback_clusters(snapshot: Snapshot) -> list[dict[str, Any]]:
+    """Aggregate clusters: the tier's cluster at priority 0, its fallback tiers after it."""
+    clusters = []
+    for tier in snapshot.tiers:
+        if tier.fallback is None:
+            continue
+        chain = fallback_chain(snapshot, tier.name)[1:]
+        members = [tier_cluster(snapshot.tier(name)) for name in chain]
+        groups = tier.backend_groups
+        bases = (
+            [group_cluster(tier, name) for name, _ in groups]
+            if len(groups) >= 2
+            else [tier_cluster(tier)]
+        )
+        for base in bases:
+            clusters.append(
+                {
+                    "name": fallback_cluster(base),
+                    "connect_timeout": duration(snapshot.envoy.connect_timeout_ms),
+                    "lb_policy": "CLUSTER_PROVIDED",
+                    "cluster_type": {
+                        "name": "envoy.clusters.aggregate",
+                        "typed_config": {
+                            "@type": TYPE + "envoy.extensions.clusters.aggregate.v3.ClusterConfig",
+                            "clusters": [base, *members],
+                        },
+                    },
+                    "circuit_breakers": _circuit_breakers(snapshot),
+                    # Filters of member clusters do not run behind an aggregate: the
+                    # per-attempt model rewrite and fallback count sit here.
+                    "typed_extension_protocol_options": upstream_filters(
+                        snapshot, rewrite=snapshot.server.rewrite_model
+                    ),
+                }
+            )
+    return clusters

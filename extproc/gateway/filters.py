@@ -1,0 +1,155 @@
+"""The two ext_proc filters: the classifier on the listener and the per-attempt (upstream) role."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from extproc.config.snapshot import Snapshot
+from extproc.core import headers
+from extproc.gateway.common import (
+    EXT_PROC_CLUSTER,
+    HTTP_PROTOCOL_OPTIONS,
+    TYPE,
+    duration,
+)
+from extproc.routing.processor import RESPONSE_ATTRIBUTES
+
+
+def grpc_service(
+    message_timeout_ms: int, metadata: list[dict[str, str]] | None = None
+) -> dict[str, Any]:
+    """The gRPC service of both ext_proc filters (classifier and per-attempt upstream)."""
+    service: dict[str, Any] = {
+        "envoy_grpc": {"cluster_name": EXT_PROC_CLUSTER},
+        "timeout": duration(message_timeout_ms * 2),
+    }
+    if metadata:
+        service["initial_metadata"] = metadata
+    return service
+
+
+def ext_proc_filter(snapshot: Snapshot) -> dict[str, Any]:
+    settings = snapshot.envoy
+    return {
+        "name": "envoy.filters.http.ext_proc",
+        "typed_config": {
+            "@type": TYPE + "envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
+            "grpc_service": grpc_service(settings.message_timeout_ms),
+            "failure_mode_allow": True,
+            "message_timeout": duration(settings.message_timeout_ms),
+            "forward_rules": forwarded_headers(snapshot),
+            **response_processing(snapshot),
+            "route_cache_action": "DEFAULT",
+            "mutation_rules": {
+                "disallow_all": True,
+                "allow_expression": {
+                    "regex": "^(x-cascade-.*|content-length|content-type|traceparent|tracestate)$"
+                },
+            },
+            "stat_prefix": "cascade",
+        },
+    }
+
+
+def forwarded_headers(snapshot: Snapshot) -> dict[str, Any]:
+    """Send the classifier only the request headers it reads.
+
+    Less to encode, send and decode on every request, and credentials (`authorization`,
+    API keys, cookies) never reach it at all.
+    """
+    names = [
+        headers.PATH,
+        headers.METHOD,
+        headers.REQUEST_ID,
+        headers.CONTENT_TYPE,
+        "traceparent",
+        "tracestate",
+        *snapshot.telemetry.user_key_headers,
+    ]
+    if snapshot.canary is not None:
+        names.append(snapshot.canary.key_header)
+    unique = list(dict.fromkeys(name.lower() for name in names))
+    return {
+        "allowed_headers": {
+            "patterns": [{"exact": name} for name in unique] + [{"prefix": headers.PREFIX}]
+        }
+    }
+
+
+def response_processing(snapshot: Snapshot) -> dict[str, Any]:
+    """`processing_mode` (+ `response_attributes`) of the classifier's ext_proc filter.
+
+    With `telemetry.response_processing` the server sees each response body chunk (STREAMED,
+    answered at once, so SSE stays incremental) for TTFT, usage and cost; the first chunk carries
+    Envoy's attributes (status, cluster, the chosen host's `cascade.tier` metadata), so the
+    response headers need no round trip of their own (SKIP). Off: request phases only.
+    """
+    observe = snapshot.telemetry.response_processing
+    mode = {
+        "request_header_mode": "SEND",
+        "request_body_mode": "BUFFERED",
+        "response_header_mode": "SKIP",
+        "response_body_mode": "STREAMED" if observe else "NONE",
+        "request_trailer_mode": "SKIP",
+        "response_trailer_mode": "SKIP",
+    }
+    if not observe:
+        return {"processing_mode": mode}
+    return {"processing_mode": mode, "response_attributes": list(RESPONSE_ATTRIBUTES)}
+
+
+def upstream_ext_proc_filter(snapshot: Snapshot, *, rewrite: bool) -> dict[str, Any]:
+    """The per-attempt (upstream) ext_proc: runs after the load balancer picked a host.
+
+    The same server answers it in its upstream role (gRPC metadata `x-cascade-role: upstream`):
+    it reads the host's metadata (`cascade.tier`, `cascade.model`), counts a fallback when the
+    host's tier is not the decided one, and with `rewrite` sets the body's `model` to the
+    host's model (a retry moved from strong to weak must not ask weak for the strong model).
+    """
+    settings = snapshot.envoy
+    return {
+        "name": "envoy.filters.http.ext_proc",
+        "typed_config": {
+            "@type": TYPE + "envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
+            "grpc_service": grpc_service(
+                settings.message_timeout_ms,
+                [{"key": headers.ROLE_METADATA, "value": headers.ROLE_UPSTREAM}],
+            ),
+            # Unreachable server: the attempt goes out unchanged rather than failing.
+            "failure_mode_allow": True,
+            "message_timeout": duration(settings.message_timeout_ms),
+            "processing_mode": {
+                "request_header_mode": "SEND",
+                "request_body_mode": "BUFFERED" if rewrite else "NONE",
+                "response_header_mode": "SKIP",
+                "response_body_mode": "NONE",
+                "request_trailer_mode": "SKIP",
+                "response_trailer_mode": "SKIP",
+            },
+            "request_attributes": ["xds.upstream_host_metadata", "upstream.address"],
+            "mutation_rules": {
+                "disallow_all": True,
+                "allow_expression": {"regex": "^(x-cascade-.*|content-length)$"},
+            },
+            "stat_prefix": "cascade_upstream",
+        },
+    }
+
+
+def upstream_filters(snapshot: Snapshot, *, rewrite: bool) -> dict[str, Any]:
+    return {
+        HTTP_PROTOCOL_OPTIONS: {
+            "@type": TYPE + HTTP_PROTOCOL_OPTIONS,
+            "explicit_http_config": {"http_protocol_options": {}},
+            "http_filters": [
+                upstream_ext_proc_filter(snapshot, rewrite=rewrite),
+                {
+                    "name": "envoy.filters.http.upstream_codec",
+                    "typed_config": {
+                        "@type": TYPE
+                        + "envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec"
+                    },
+                },
+            ],
+        }
+    }
