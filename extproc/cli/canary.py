@@ -52,12 +52,9 @@ def register(sub: Any) -> None:
 
 def run_canary(args: argparse.Namespace) -> int:
     from extproc.core.errors import ConfigError
-    from extproc.rollout.canary import (
-        ConfigFileTarget,
-        Prometheus,
-        RolloutController,
-        describe_once,
-    )
+    from extproc.rollout.controller import RolloutController, describe_once
+    from extproc.rollout.prometheus import Prometheus
+    from extproc.rollout.target import ConfigFileTarget
 
     logging.basicConfig(
         level=args.log_level.upper(),

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from extproc.cli.config import load_config_or_exit
-from extproc.cli.tuning import (
+from extproc.cli.tuning_common import (
     config_label,
     cost_model,
     labelled_records,
@@ -17,20 +17,16 @@ from extproc.cli.tuning import (
     version_or_exit,
     write_reports,
 )
+from extproc.config.editing import render_config, write_atomically
 from extproc.config.snapshot import DEFAULT_CONFIG
 from extproc.core.errors import ConfigError
 from extproc.tuning.dataset import ReadStats
-from extproc.tuning.report import Block, Heading, Para, metrics_table, render_text
-from extproc.tuning.review import (
-    Review,
-    render_config,
-    review,
-    review_blocks,
-    review_json,
-    rule_changes,
-    write_atomically,
-)
-from extproc.tuning.search import SCOPES, Objective, TuneError
+from extproc.tuning.document import Block, Heading, Para, render_text
+from extproc.tuning.features import SCOPES, TuneError
+from extproc.tuning.report import metrics_table
+from extproc.tuning.review import Review, review, review_json
+from extproc.tuning.review_report import review_blocks, rule_changes
+from extproc.tuning.search import Objective
 from extproc.tuning.tune import TuneOptions, tune
 
 EXIT_SLO = 3

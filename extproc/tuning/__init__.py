@@ -11,9 +11,16 @@ nothing imports gRPC or telemetry. The `cascade eval|sample|candidates|tune` com
 | `metrics` | weighted confusion tallies, costs, quality and PGR, baselines |
 | `evaluate` | one pass over a data set for several versions; breakdowns; threshold sweep |
 | `svg` | the two plots (confusion matrix, strong share vs quality), as self-made SVG |
-| `report` | terminal table, JSON, Markdown and HTML renderings |
-| `sample` | stratified, seeded labelling sheets (CSV) and reading them back |
+| `document` | the report document model; terminal, Markdown and HTML renderings |
+| `report` | number formats, the evaluation report's blocks, and its JSON |
+| `sample` | stratified, seeded samples of traces for labelling |
+| `sheet` | labelling sheets (CSV): writing a sample, reading labels back |
 | `candidates` | keyword candidates mined from false negatives; keywords that do not pay off |
-| `tune` | threshold and keyword search within an SLO band, held-out figures |
-| `review` | the tune review report; writing a new version into a config file |
+| `features` | the tunable shape of a version; the records as bit sets for the search |
+| `search` | the objective and the greedy threshold and keyword search |
+| `tune` | the search within an SLO band per text scope, held-out and cross-validated figures |
+| `review` | the tune review: changes and figures on held-out data, its JSON |
+| `review_report` | the tune review as a report |
+
+Writing a tuned version into a config file is `extproc.config.editing`.
 """

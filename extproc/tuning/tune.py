@@ -9,8 +9,9 @@ Validation, by the options:
   out; the review shows the K held-out figures, and the written version is fitted on all records;
 - neither (`holdout=0`): in-sample only, said so in the review.
 
-The search itself is in `search`; this module mines keyword candidates, runs the search per text
-scope, builds the winner as a config document, and re-checks it with `classify()`.
+The search itself is in `search` (over `features`); this module mines keyword candidates, runs
+the search per text scope, builds the winner as a config document, and re-checks it with
+`classify()`.
 """
 
 from __future__ import annotations
@@ -25,22 +26,19 @@ from extproc.config.snapshot import Classifier, Snapshot, TextScope, compile_doc
 from extproc.core.classify import classify, select_text
 from extproc.tuning.candidates import Example, mine_terms
 from extproc.tuning.dataset import Record
-from extproc.tuning.sample import record_key
-from extproc.tuning.search import (
+from extproc.tuning.features import (
     DEFAULT_NAMES,
     SCOPES,
     THRESHOLD_KINDS,
     Features,
-    Objective,
     Params,
-    SearchResult,
     Shape,
     TuneError,
     analyse,
     features,
-    pool_for,
-    search,
 )
+from extproc.tuning.sample import record_key
+from extproc.tuning.search import Objective, SearchResult, pool_for, search
 from extproc.tuning.variants import variant_document, version_spec
 
 

@@ -14,18 +14,11 @@ from typing import Any
 
 import pytest
 
+from extproc.config.editing import edit_scalars, write_atomically
 from extproc.config.snapshot import DEFAULT_CONFIG, compile_config
-from extproc.rollout.canary import (
-    EXIT_COMPLETE,
-    EXIT_ROLLED_BACK,
-    ConfigFileTarget,
-    Prometheus,
-    PrometheusError,
-    RolloutController,
-    _number,
-    edit_scalars,
-    write_atomically,
-)
+from extproc.rollout.controller import EXIT_COMPLETE, EXIT_ROLLED_BACK, RolloutController
+from extproc.rollout.prometheus import Prometheus, PrometheusError, _number
+from extproc.rollout.target import ConfigFileTarget
 
 CONFIG = DEFAULT_CONFIG.read_text().replace(
     "classifiers:\n  v7:", "classifiers:\n  v8: {default: weak}\n  v7:", 1

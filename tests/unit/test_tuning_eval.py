@@ -11,16 +11,10 @@ import pytest
 
 from extproc.config.snapshot import Snapshot, compile_config
 from extproc.tuning.dataset import ReadStats, read_records
+from extproc.tuning.document import render_html, render_markdown, render_text, write_report
 from extproc.tuning.evaluate import LOGGED, EvalResult, Evaluator, evaluate
 from extproc.tuning.metrics import CostModel
-from extproc.tuning.report import (
-    eval_blocks,
-    eval_json,
-    render_html,
-    render_markdown,
-    render_text,
-    write_report,
-)
+from extproc.tuning.report import eval_blocks, eval_json
 from tests.unit.tuning_data import PRICED_CONFIG, chat, records, write_jsonl
 
 

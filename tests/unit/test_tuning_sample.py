@@ -10,13 +10,8 @@ from typing import Any
 
 from extproc.config.snapshot import Snapshot
 from extproc.tuning.dataset import read_records
-from extproc.tuning.sample import (
-    SampleOptions,
-    feedback_suspects,
-    read_sheet,
-    sample,
-    sheet_text,
-)
+from extproc.tuning.sample import SampleOptions, feedback_suspects, sample
+from extproc.tuning.sheet import read_sheet, sheet_text
 from tests.unit.tuning_data import chat, records
 
 

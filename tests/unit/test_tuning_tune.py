@@ -9,11 +9,14 @@ from typing import Any
 import pytest
 import yaml
 
+from extproc.config.editing import insert_version, render_config
 from extproc.config.snapshot import DEFAULT_CONFIG, Snapshot, compile_config
 from extproc.core.classify import classify
+from extproc.tuning.features import TuneError
 from extproc.tuning.metrics import CostModel
-from extproc.tuning.review import insert_version, render_config, review, review_blocks
-from extproc.tuning.search import Objective, TuneError
+from extproc.tuning.review import review
+from extproc.tuning.review_report import review_blocks
+from extproc.tuning.search import Objective
 from extproc.tuning.tune import TuneOptions, next_version, tune
 from tests.unit.tuning_data import FILLER, PRICED_CONFIG, chat, planted, records
 

@@ -1,9 +1,8 @@
 """`cascade canary`: step the classifier canary 10 -> 50 -> 100 %, roll back on a trigger.
 
-The controller reads the canary's health from Prometheus's HTTP API (instant queries), and
-changes the weight by rewriting `canary.weight` in the config file that the servers hot-reload:
-a targeted edit of that one scalar (comments and layout stay), validated with the same compiler
-the server uses, written to a temporary file and renamed over the original.
+The controller reads the canary's health from Prometheus's HTTP API (instant queries,
+`prometheus`), and changes the weight through a `WeightTarget` (`target`: `canary.weight` in the
+config file that the servers hot-reload, edited in place and replaced atomically).
 
 Every check, step and rollback is logged with the figures behind it.
 
@@ -21,205 +20,21 @@ Rules (`canary.rollout` in the config, docs/resilience.md):
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
-import shlex
-import subprocess
-import tempfile
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from string import Template
-from typing import Any, Protocol
 
-import yaml
-
-from extproc.config.snapshot import Rollout, Snapshot, Trigger, compile_config
-from extproc.core.errors import ConfigError
+from extproc.config.snapshot import Rollout, Trigger
+from extproc.rollout.prometheus import Prometheus, PrometheusError
+from extproc.rollout.target import WeightTarget
 
 logger = logging.getLogger(__name__)
 
 EXIT_COMPLETE = 0
 EXIT_ROLLED_BACK = 1
-
-
-class PrometheusError(Exception):
-    """Prometheus could not answer (network, HTTP status, or a query error)."""
-
-
-class Prometheus:
-    """The smallest client of Prometheus's HTTP API: instant queries returning one number."""
-
-    def __init__(self, base_url: str, timeout: float = 5.0) -> None:
-        self.base_url = base_url.rstrip("/")
-        self.timeout = timeout
-
-    def query(self, promql: str) -> float | None:
-        """The value of an instant query; None when it returns no sample (or NaN)."""
-        url = f"{self.base_url}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
-        try:
-            with urllib.request.urlopen(url, timeout=self.timeout) as reply:
-                document = json.loads(reply.read())
-        except urllib.error.HTTPError as exc:
-            detail = exc.read().decode("utf-8", "replace")[:300]
-            raise PrometheusError(f"HTTP {exc.code} for {promql!r}: {detail}") from exc
-        except (OSError, ValueError) as exc:
-            raise PrometheusError(f"{self.base_url}: {exc}") from exc
-        if document.get("status") != "success":
-            raise PrometheusError(f"query {promql!r} failed: {document.get('error')}")
-        return _number(document.get("data", {}))
-
-
-def _number(data: dict[str, Any]) -> float | None:
-    kind, result = data.get("resultType"), data.get("result")
-    values: list[Any] = []
-    if kind == "scalar" and isinstance(result, list):
-        values = [result]
-    elif kind == "vector" and isinstance(result, list):
-        values = [item.get("value") for item in result if isinstance(item, dict)]
-    numbers = []
-    for value in values:
-        try:
-            number = float(value[1])
-        except (TypeError, ValueError, IndexError):
-            continue
-        if not math.isnan(number):
-            numbers.append(number)
-    # A query meant to give one number may give one per label set: judge the worst.
-    return max(numbers) if numbers else None
-
-
-# ---------------------------------------------------------------------------------------------
-# the config file
-
-
-def _child(root: yaml.Node, key: str) -> yaml.Node | None:
-    if not isinstance(root, yaml.MappingNode):
-        return None
-    for key_node, value_node in root.value:
-        if isinstance(key_node, yaml.ScalarNode) and key_node.value == key:
-            found: yaml.Node = value_node
-            return found
-    return None
-
-
-def _format(weight: float) -> str:
-    return str(int(weight)) if float(weight).is_integer() else repr(float(weight))
-
-
-def edit_scalars(text: str, edits: dict[tuple[str, ...], str]) -> str:
-    """Replace scalar values at key paths (e.g. `("canary", "weight")`) in YAML text, keeping
-    everything else byte for byte. Every path must exist and hold a plain scalar."""
-    root = yaml.compose(text)
-    if root is None:
-        raise ValueError("empty document")
-    spans = []
-    for path, value in edits.items():
-        node: yaml.Node | None = root
-        for key in path:
-            node = _child(node, key) if node is not None else None
-        if not isinstance(node, yaml.ScalarNode):
-            raise ValueError(f"{'.'.join(path)} must be set in the file to be changed")
-        spans.append((node.start_mark.index, node.end_mark.index, value))
-    for start, end, value in sorted(spans, reverse=True):
-        text = text[:start] + value + text[end:]
-    return text
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Write to a temporary file beside `path`, fsync, rename over it (readers never see half a
-    file; the reloader sees a new inode). Keeps the file's permission bits."""
-    mode = path.stat().st_mode & 0o7777 if path.exists() else 0o644
-    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temporary, mode)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
-class WeightTarget(Protocol):
-    def current(self) -> float: ...
-
-    def set(self, weight: float) -> None: ...
-
-    def promote(self) -> None: ...
-
-
-class ConfigFileTarget:
-    """`canary.weight` in a cascade config file; `exec_command` runs after every write (e.g.
-    `kubectl apply -k k8s/base` to push the file into the ConfigMap)."""
-
-    def __init__(
-        self, path: Path, *, exec_command: str | None = None, dry_run: bool = False
-    ) -> None:
-        self.path = path
-        self.exec_command = exec_command
-        self.dry_run = dry_run
-        self._dry_weight: float | None = None
-
-    def snapshot(self) -> Snapshot:
-        return compile_config(self.path.read_bytes(), str(self.path))
-
-    def current(self) -> float:
-        if self._dry_weight is not None:
-            return self._dry_weight
-        canary = self.snapshot().canary
-        if canary is None:
-            raise ConfigError(str(self.path), "canary", "no canary in the config")
-        return canary.weight
-
-    def set(self, weight: float) -> None:
-        self._apply({("canary", "weight"): _format(weight)}, weight)
-
-    def promote(self) -> None:
-        """The canary becomes the stable classifier; the old stable stays as a 0 % canary."""
-        snapshot = self.snapshot()
-        assert snapshot.canary is not None
-        self._apply(
-            {
-                ("classifier",): snapshot.canary.version,
-                ("canary", "version"): snapshot.stable,
-                ("canary", "weight"): "0",
-            },
-            0,
-        )
-
-    def _apply(self, edits: dict[tuple[str, ...], str], weight: float) -> None:
-        text = edit_scalars(self.path.read_text(encoding="utf-8"), edits)
-        compile_config(text, str(self.path))  # never write a file the servers would refuse
-        if self.dry_run:
-            self._dry_weight = weight
-            return
-        write_atomically(self.path, text)
-        if self.exec_command:
-            env = {
-                **os.environ,
-                "CASCADE_CONFIG_FILE": str(self.path),
-                "CASCADE_CANARY_WEIGHT": _format(weight),
-            }
-            result = subprocess.run(
-                self.exec_command, shell=True, env=env, check=False, timeout=300
-            )
-            if result.returncode != 0:
-                raise RuntimeError(
-                    f"--exec {shlex.quote(self.exec_command)} exited {result.returncode}"
-                )
-
-
-# ---------------------------------------------------------------------------------------------
-# the controller
 
 
 @dataclass
