@@ -12,7 +12,7 @@ from extproc.gateway.common import (
     TYPE,
     duration,
 )
-from extproc.routing.processor import RESPONSE_ATTRIBUTES
+from extproc.routing.attributes import RESPONSE_ATTRIBUTES
 
 
 def grpc_service(

@@ -16,73 +16,22 @@ Anything unexpected (no metadata, a body that is not JSON) leaves the attempt un
 
 from __future__ import annotations
 
-import functools
 import logging
 
 import orjson
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
-from google.protobuf import json_format, struct_pb2, text_format
 
 from extproc.config.snapshot import Snapshot
 from extproc.core import headers
 from extproc.routing import mutations
-from extproc.routing.processor import NullObserver, Observer, RequestInfo, header_map
+from extproc.routing.attributes import host_of
+from extproc.routing.headermap import header_map
+from extproc.routing.observer import NullObserver, Observer, RequestInfo
 
 logger = logging.getLogger(__name__)
 
-#: Key of the request attributes in `ProcessingRequest.attributes`.
-ATTRIBUTES_KEY = "envoy.filters.http.ext_proc"
-HOST_METADATA = "xds.upstream_host_metadata"
-UPSTREAM_ADDRESS = "upstream.address"
-#: Namespace of the endpoint metadata written by the renderer.
-NAMESPACE = "cascade"
-
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
-
-
-@functools.lru_cache(maxsize=512)
-def parse_host_metadata(text: str) -> tuple[str, str]:
-    """(tier, model) from the text-format `config.core.v3.Metadata` Envoy sends; "" if absent."""
-    if not text or text == "NULL":
-        return "", ""
-    metadata = base_pb2.Metadata()
-    try:
-        text_format.Parse(text, metadata)
-    except text_format.ParseError:
-        logger.warning("unparsable upstream host metadata: %.200s", text)
-        return "", ""
-    return _from_struct(metadata.filter_metadata.get(NAMESPACE))
-
-
-def _from_struct(struct: struct_pb2.Struct | None) -> tuple[str, str]:
-    if struct is None:
-        return "", ""
-    fields = struct.fields
-    tier = fields["tier"].string_value if "tier" in fields else ""
-    model = fields["model"].string_value if "model" in fields else ""
-    return tier, model
-
-
-def host_of(request: pb.ProcessingRequest) -> tuple[str, str, str]:
-    """(tier, model, address) of the chosen host, from the first message's attributes."""
-    if ATTRIBUTES_KEY not in request.attributes:
-        return "", "", ""
-    fields = request.attributes[ATTRIBUTES_KEY].fields
-    address = fields[UPSTREAM_ADDRESS].string_value if UPSTREAM_ADDRESS in fields else ""
-    if HOST_METADATA not in fields:
-        return "", "", address
-    value = fields[HOST_METADATA]
-    kind = value.WhichOneof("kind")
-    if kind == "string_value":
-        tier, model = parse_host_metadata(value.string_value)
-    elif kind == "struct_value":  # a structured form, should Envoy ever send one
-        metadata = base_pb2.Metadata()
-        json_format.ParseDict(json_format.MessageToDict(value.struct_value), metadata)
-        tier, model = _from_struct(metadata.filter_metadata.get(NAMESPACE))
-    else:
-        tier, model = "", ""
-    return tier, model, address
 
 
 def _content_length(length: int) -> pb.CommonResponse:
@@ -127,12 +76,13 @@ class UpstreamProcessor:
 
     def on_request_headers(self, request: pb.ProcessingRequest) -> pb.ProcessingResponse:
         values = header_map(request.request_headers.headers)
-        info = self.info
-        info.headers = values
-        info.path = values.get(headers.PATH, "")
-        info.method = values.get(headers.METHOD, "")
-        info.request_id = values.get(headers.REQUEST_ID, "")
-        info.content_type = values.get(headers.CONTENT_TYPE, "")
+        info = self.info = RequestInfo(
+            path=values.get(headers.PATH, ""),
+            method=values.get(headers.METHOD, ""),
+            request_id=values.get(headers.REQUEST_ID, ""),
+            content_type=values.get(headers.CONTENT_TYPE, ""),
+            headers=values,
+        )
         self.decided = values.get(headers.TIER, "")
         self.host_tier, self.host_model, address = host_of(request)
         if (
@@ -182,6 +132,9 @@ class UpstreamProcessor:
             return None
         document["model"] = model
         return orjson.dumps(document)
+
+    def after_answer(self) -> None:
+        """Nothing is deferred on the per-attempt role (the fallback count is taken inline)."""
 
     def close(self) -> None:
         """The stream ended (same interface as `RequestProcessor`)."""

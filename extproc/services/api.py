@@ -19,7 +19,8 @@ from extproc.config.snapshot import Snapshot
 from extproc.core.chat import ChatRequest
 from extproc.core.classify import classify
 from extproc.routing.choice import choose_classifier
-from extproc.routing.processor import RequestInfo, ResponseInfo, retry_excerpt
+from extproc.core.excerpt import retry_excerpt
+from extproc.routing.observer import DecisionInfo, RequestInfo, ResponseInfo
 from extproc.telemetry.misroute import FALSE_NEGATIVE, FALSE_POSITIVE
 from extproc.telemetry.recorder import Recorder
 from extproc.transport.h2 import frames as h2_frames
@@ -69,23 +70,23 @@ class CascadeService(pb_grpc.CascadeServicer):
             classifier = choose_classifier(snapshot, request.key)
         messages = tuple((m.role, m.content) for m in request.messages)
         chat = ChatRequest(messages=messages, model="", document={})
-        info = RequestInfo()
-        info.path = CLASSIFY_PATH
-        info.method = "POST"
-        info.request_id = _metadata(context, "x-request-id")[:MAX_REQUEST_ID] or uuid.uuid4().hex
-        info.started = time.perf_counter()
-        info.started_ns = time.time_ns()
-        info.user = request.key
+        info = RequestInfo(
+            path=CLASSIFY_PATH,
+            method="POST",
+            request_id=_metadata(context, "x-request-id")[:MAX_REQUEST_ID] or uuid.uuid4().hex,
+            user=request.key,
+            started=time.perf_counter(),
+            started_ns=time.time_ns(),
+        )
         started = time.perf_counter()
         decision = classify(chat, classifier)
         seconds = time.perf_counter() - started
-        info.decision = decision
-        if snapshot.telemetry.retry.enabled and info.user:
-            info.retry_text = retry_excerpt(messages)
+        retry = retry_excerpt(messages) if snapshot.telemetry.retry.enabled and info.user else ""
+        decided = DecisionInfo(decision, seconds, retry_text=retry)
         recorder = self._recorder
-        recorder.started(info)
-        recorder.decided(decision, seconds, info)
-        recorder.finished(info, ResponseInfo(0))
+        trace = recorder.started(info)
+        recorder.decided(info, decided, trace)
+        recorder.finished(info, decided, ResponseInfo(ended=time.perf_counter()), trace)
         tier = snapshot.tier(decision.tier)
         return pb.ClassifyResponse(
             decision=pb.Decision(

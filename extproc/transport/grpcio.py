@@ -7,6 +7,7 @@ loop for the lean HTTP/2 transport (`extproc.transport.h2`), which hands it seri
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 
@@ -16,7 +17,8 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
 from extproc.config.snapshot import Snapshot
 from extproc.core import headers
-from extproc.routing.processor import Observer, RequestProcessor
+from extproc.routing.observer import Observer
+from extproc.routing.processor import RequestProcessor
 from extproc.routing.upstream import UpstreamProcessor
 
 logger = logging.getLogger(__name__)
@@ -39,6 +41,14 @@ def open_processor(
     return RequestProcessor(snapshot, observer)
 
 
+def _after_write(callback: Callable[[], None]) -> None:
+    """Run `callback` after the current event-loop callback (which writes the answer)."""
+    try:
+        asyncio.get_running_loop().call_soon(callback)
+    except RuntimeError:  # no loop (a synchronous caller): now
+        callback()
+
+
 class ExtProcSession:
     """One ext_proc stream on the HTTP/2 transport: bytes in, bytes out, same processor."""
 
@@ -57,7 +67,10 @@ class ExtProcSession:
 
     def message(self, raw: bytes) -> bytes:
         request = pb.ProcessingRequest.FromString(raw)
-        return bytes(self._processor.handle(request).SerializeToString())
+        answer = bytes(self._processor.handle(request).SerializeToString())
+        # the connection writes the answer when this returns; telemetry runs after that
+        _after_write(self._processor.after_answer)
+        return answer
 
     def close(self) -> None:
         self._owner.in_flight -= 1
@@ -87,6 +100,7 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
         try:
             async for request in request_iterator:
                 yield processor.handle(request)
+                processor.after_answer()  # resumed once the answer is written
                 if processor.done:
                     return
         finally:

@@ -230,7 +230,7 @@ def test_otlp_grpc_export_reaches_a_loopback_collector(monkeypatch: pytest.Monke
         processor.handle(request_body(chat_body("hello")))
         processor.close()
         # no event loop here: end the span the way the background worker would
-        tracing.end(processor.info.trace, 0)
+        tracing.end(processor.trace.handle, 0)
         tracing.shutdown()
     finally:
         server.stop(1)

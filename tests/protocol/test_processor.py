@@ -10,7 +10,8 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
 from extproc.config.snapshot import Snapshot
 from extproc.core.classify import Decision
-from extproc.routing.processor import NullObserver, Phase, RequestInfo, RequestProcessor
+from extproc.routing.observer import DecisionInfo, NullObserver, RequestInfo, Trace
+from extproc.routing.processor import Phase, RequestProcessor
 from tests.conftest import chat_body
 from tests.protocol.streams import common_of, request_body, request_headers, set_headers
 
@@ -21,10 +22,10 @@ class Counting(NullObserver):
         self.rejections: list[str] = []
         self.failures = 0
 
-    def decided(self, decision: Decision, seconds: float, request: RequestInfo) -> None:
-        self.decisions.append(decision)
+    def decided(self, request: RequestInfo, decided: DecisionInfo, trace: Trace) -> None:
+        self.decisions.append(decided.decision)
 
-    def rejected(self, kind: str, request: RequestInfo) -> None:
+    def rejected(self, kind: str, request: RequestInfo, trace: Trace) -> None:
         self.rejections.append(kind)
 
     def classifier_failed(self, request: RequestInfo) -> None:
@@ -39,6 +40,7 @@ def run(
     answers = []
     for message in messages:
         answers.append(processor.handle(message))
+        processor.after_answer()  # as the transports do once the answer is written
         if processor.done:
             break
     return answers, processor, counting

@@ -20,7 +20,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from extproc.config.snapshot import Snapshot, compile_config
-from extproc.routing.processor import ATTRIBUTES_KEY, RequestProcessor
+from extproc.routing.attributes import ATTRIBUTES_KEY
+from extproc.routing.processor import RequestProcessor
 from extproc.telemetry.metrics import Metrics
 from extproc.telemetry.recorder import Recorder
 from extproc.telemetry.tracing import MISROUTE_EVENT, SPAN_NAME, Tracing
@@ -83,7 +84,10 @@ class Rig:
 
     def run(self, *messages: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
         processor = RequestProcessor(self.snapshot, self.recorder)
-        answers = [processor.handle(m) for m in messages]
+        answers = []
+        for message in messages:
+            answers.append(processor.handle(message))
+            processor.after_answer()  # as the transports do once the answer is written
         processor.close()
         return answers
 

@@ -16,8 +16,9 @@ from google.protobuf import struct_pb2, text_format
 
 from extproc.app.run import CascadeServer, ServeOptions
 from extproc.config.snapshot import DEFAULT_CONFIG, Snapshot, compile_config
-from extproc.routing.processor import RequestInfo
-from extproc.routing.upstream import UpstreamProcessor, parse_host_metadata
+from extproc.routing.attributes import parse_host_metadata
+from extproc.routing.observer import RequestInfo
+from extproc.routing.upstream import UpstreamProcessor
 from tests.conftest import chat_body
 from tests.protocol.streams import common_of, request_body, request_headers, set_headers
 
