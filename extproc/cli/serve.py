@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
+from extproc.app.logs import FORMATS, configure_logging
 from extproc.cli.config import default_config_path
 
 
@@ -48,19 +48,13 @@ def register(sub: Any) -> None:
     parser.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
     )
-    parser.add_argument("--log-format", default="text", choices=["text", "json"])
+    parser.add_argument(
+        "--log-format",
+        default="text",
+        choices=FORMATS,
+        help="text (one escaped line per record) or json (one JSON object per line)",
+    )
     parser.set_defaults(func=run_serve)
-
-
-def configure_logging(level: str, fmt: str) -> None:
-    if fmt == "json":
-        pattern = (
-            '{"time":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s",'
-            '"message":"%(message)s"}'
-        )
-    else:
-        pattern = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-    logging.basicConfig(level=level.upper(), format=pattern, stream=sys.stderr)
 
 
 def run_serve(args: argparse.Namespace) -> int:
