@@ -1,6 +1,9 @@
 # The cascade router image: `cascade serve` (and the other `cascade` commands) on a slim Python.
 #   docker build -t cascade-router:0.1.0 .
 #   docker run --rm -p 50051:50051 cascade-router:0.1.0      # packaged v7 config
+# The server image holds the server package only. The mock backends (the `cascade-dev`
+# distribution in dev/) are a separate target, for trying the router without models:
+#   docker build --target mock-backends -t cascade-router-dev:0.1.0 .
 # Kubernetes manifests: k8s/ (docs/kubernetes.md). tests/k8s checks this file against them.
 ARG PYTHON_IMAGE=python:3.12-slim-bookworm
 
@@ -14,8 +17,24 @@ COPY extproc ./extproc
 RUN /opt/cascade/bin/pip install . \
  && /opt/cascade/bin/cascade check-config /opt/cascade/lib/python3*/site-packages/extproc/defaults/cascade.yaml
 
+# ---- mock backends: the server's environment plus the development distribution -----------
+FROM build AS build-dev
+COPY dev ./dev
+RUN /opt/cascade/bin/pip install ./dev
+
+FROM ${PYTHON_IMAGE} AS mock-backends
+RUN groupadd --system --gid 10001 cascade \
+ && useradd --system --uid 10001 --gid cascade --no-create-home --home-dir /nonexistent \
+      --shell /usr/sbin/nologin cascade
+COPY --from=build-dev /opt/cascade /opt/cascade
+ENV PATH=/opt/cascade/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
+USER 10001:10001
+EXPOSE 8000
+ENTRYPOINT ["cascade"]
+CMD ["mock-backend", "--host", "0.0.0.0", "--port", "8000"]
+
 # ---- runtime: the environment only, no compilers, no pip cache, a non-root user ----------
-FROM ${PYTHON_IMAGE}
+FROM ${PYTHON_IMAGE} AS server
 LABEL org.opencontainers.image.title="cascade-router" \
       org.opencontainers.image.description="Envoy ext_proc server routing each LLM chat request to the cheapest capable model tier" \
       org.opencontainers.image.licenses="Apache-2.0"

@@ -36,6 +36,7 @@ sysdeps:
 lint: install
 	$(BIN)/ruff check extproc dev tests bench
 	$(BIN)/ruff format --check extproc dev tests bench
+	$(BIN)/lint-imports
 
 typecheck: install
 	$(BIN)/mypy --strict extproc dev/cascade_dev

@@ -14,7 +14,7 @@ import pytest
 
 from extproc.config.snapshot import compile_config
 from extproc.routing.choice import choose_classifier
-from tests.e2e.harness import Gateway
+from tests.e2e.harness import Gateway, wait_for
 
 REQUESTS = 600
 CANARY_WEIGHT = 20  # percent of weak traffic on the canary backend group
@@ -78,12 +78,15 @@ def test_backend_canary_split_and_mirror_fraction(stack: Gateway) -> None:
     assert {r.model for r in canary.requests} == {"qwen3-4b-v2"}
     assert {r.model for r in weak.requests} == {"qwen3-4b"}
 
-    # shadows arrive asynchronously: wait until the count stops growing (bounded)
-    deadline, last = time.monotonic() + 5, -1
-    while time.monotonic() < deadline and len(strong.requests) != last:
-        last = len(strong.requests)
-        time.sleep(0.3)
+    # shadows arrive asynchronously: Envoy counted each one when it sent it (every original has
+    # returned by now), so wait until the strong backend has received that many
+    def sent_to_strong() -> int:
+        stats = stack.admin("/stats?filter=^cluster\\.tier_strong\\.upstream_rq_total$").body
+        return int(stats.decode().rpartition(":")[2].strip() or 0)
+
+    wait_for(lambda: len(strong.requests) >= sent_to_strong() > 0, 10, "the shadow requests")
     shadows = strong.requests
+    assert len(shadows) == sent_to_strong()
     assert all(r.headers.get("x-cascade-shadow-of") == "weak" for r in shadows)
     assert abs(100 * len(shadows) / REQUESTS - MIRROR_PERCENT) <= 6, len(shadows)
     # each shadow joins its original by x-request-id, and asks strong for strong's model

@@ -7,7 +7,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from tests.e2e.harness import Gateway
+from tests.e2e.harness import Gateway, wait_for
 
 
 def test_classifier_killed_requests_served_by_default_tier(own_gateway: Gateway) -> None:
@@ -50,10 +50,16 @@ def test_restart_under_load_loses_no_request(own_gateway: Gateway) -> None:
 
     with ThreadPoolExecutor(4) as pool:
         futures = [pool.submit(client, i) for i in range(4)]
-        time.sleep(0.5)
+        wait_for(lambda: len(results) >= 20, 30, "load before the restart")
         code = gateway.stop_classifier(signal.SIGTERM)
         gateway.start_classifier()
-        time.sleep(1.0)
+        restarted = len(results)
+        # classified again by the new process, under the same load
+        wait_for(
+            lambda: sum(1 for _, v in results[restarted:] if v == "v7") >= 20,
+            30,
+            "classified requests after the restart",
+        )
         stop.set()  # … and in time
         for future in futures:
             future.result(timeout=60)

@@ -75,7 +75,9 @@ def test_image_is_slim_non_root_with_cascade_entrypoint(rendered: dict[str, list
     assert re.fullmatch(r"python:3\.(\d+)-slim(-\w+)?", base)
     minor = int(base.split(".")[1].split("-")[0])
     assert PROJECT["requires-python"] == ">=3.11" and minor >= 11
-    assert [rest for name, rest in dockerfile_stages()[-1] if name == "FROM"] == ["${PYTHON_IMAGE}"]
+    # the default (last) stage is the server: a fresh base with only the server's environment
+    assert final_stage("FROM") == ["${PYTHON_IMAGE} AS server"]
+    assert final_stage("COPY") == ["--from=build /opt/cascade /opt/cascade"]
     [user] = final_stage("USER")
     uid, gid = (int(part) for part in user.split(":"))
     assert uid != 0 and gid != 0
@@ -160,7 +162,7 @@ def test_build_context_builds_the_package(tmp_path: Path) -> None:
     """What `docker build` would see is enough to build the wheel the image installs."""
     context = build_context(tmp_path / "context")
     assert not [path for path in context if path.startswith(("tests/", "k8s/", ".git"))]
-    for name, rest in dockerfile_stages()[1]:
+    for name, rest in [step for stage in dockerfile_stages() for step in stage]:
         if name == "COPY" and not rest.startswith("--from"):
             *sources, _ = rest.split()
             for source in sources:
@@ -192,6 +194,9 @@ def test_build_context_builds_the_package(tmp_path: Path) -> None:
     assert "extproc/defaults/cascade.yaml" in names
     assert "extproc/cli/serve.py" in names
     assert re.search(r"^cascade = extproc\.cli\.main:main$", scripts, re.M)
+    # the server wheel carries neither the demo nor the mock backends (they are `cascade-dev`)
+    assert not [n for n in names if n.startswith("cascade_dev/") or "mock" in n or "demo" in n]
+    assert "cascade.commands" not in scripts
 
 
 # -- the Deployment and the CLI -----------------------------------------------------------------

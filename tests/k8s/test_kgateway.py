@@ -220,9 +220,7 @@ def test_retries_and_timeouts_match_the_cascade_config(overlay: list[Obj]) -> No
     snapshot = snapshot_of(overlay)
     policy = one(overlay, "TrafficPolicy")["spec"]
     assert duration_s(policy["timeouts"]["request"]) == snapshot.envoy.route_timeout_s
-    retries = getattr(snapshot.envoy, "retries", None)
-    if retries is None:
-        pytest.skip("the cascade config has no retry settings yet")
+    retries = snapshot.envoy.retries
     retry = policy["retry"]
     assert retry["attempts"] == retries.num_retries
     assert retry["retryOn"] == list(retries.retry_on)

@@ -189,9 +189,15 @@ async def test_health_serving_then_not_serving(tmp_path: Path, transport: str) -
             reply = await stub.Check(health_pb2.HealthCheckRequest(service=service))
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
         stopping = asyncio.create_task(instance.shutdown())
-        await asyncio.sleep(0.1)
-        reply = await stub.Check(health_pb2.HealthCheckRequest(service=""))
-        assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
+        # NOT_SERVING from the start of the drain delay (0.3 s), before the listener closes
+        status = health_pb2.HealthCheckResponse.SERVING
+        for _ in range(200):  # bounded: the drain delay ends well before
+            reply = await stub.Check(health_pb2.HealthCheckRequest(service=""))
+            status = reply.status
+            if status == health_pb2.HealthCheckResponse.NOT_SERVING or stopping.done():
+                break
+            await asyncio.sleep(0.005)
+        assert status == health_pb2.HealthCheckResponse.NOT_SERVING
         await stopping
 
 
@@ -237,9 +243,12 @@ def test_sigterm_drains_open_stream_and_exits_zero(tmp_path: Path, transport: st
             first = next(responses)
             assert first.WhichOneof("response") == "request_headers"
             proc.send_signal(signal.SIGTERM)
-            time.sleep(0.2)
-            health = health_pb2_grpc.HealthStub(chan).Check(health_pb2.HealthCheckRequest())
-            assert health.status == health_pb2.HealthCheckResponse.NOT_SERVING
+            check = health_pb2_grpc.HealthStub(chan).Check
+            deadline = time.monotonic() + 5  # the drain delay (0.5 s) keeps the port open
+            status = check(health_pb2.HealthCheckRequest()).status
+            while status != health_pb2.HealthCheckResponse.NOT_SERVING:
+                assert time.monotonic() < deadline, "never NOT_SERVING after SIGTERM"
+                status = check(health_pb2.HealthCheckRequest()).status
             gate.set()
             second = next(responses)
             assert set_headers(second)["x-cascade-tier"] == "strong"
