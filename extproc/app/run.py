@@ -21,6 +21,7 @@ import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from extproc.app import transport_metrics
 from extproc.config.store import ConfigStore
 from extproc.core.hostport import parse_listen
 from extproc.routing.processor import Observer
@@ -31,6 +32,7 @@ from extproc.telemetry.recorder import Recorder
 from extproc.telemetry.tracing import Tracing
 from extproc.transport.grpcio import ExternalProcessor
 from extproc.transport.h2.frames import NOT_FOUND, GrpcError
+from extproc.transport.h2.limits import H2Limits, H2Stats, MiB
 from extproc.transport.h2.server import H2Server, tls_context
 
 logger = logging.getLogger(__name__)
@@ -57,6 +59,8 @@ class ServeOptions:
     metrics_listen: str | None = None
     #: `h2` (the lean HTTP/2 transport) or `grpcio` (grpc.aio)
     transport: str = "h2"
+    #: `H2Limits` fields to change, name -> value as text (`cascade serve --h2-limit`)
+    h2_limits: dict[str, str] = field(default_factory=dict)
 
 
 class CascadeServer:
@@ -111,14 +115,31 @@ class CascadeServer:
         )
         return self.port
 
-    def _message_limit(self) -> int:
-        # Envoy's buffer limit is the real cap on bodies; let gRPC carry what Envoy sends.
-        return max(self.store.current.server.max_body_bytes + 4 * 1024 * 1024, 64 * 1024 * 1024)
+    def transport_limits(self) -> H2Limits:
+        """`H2Limits` for this config: messages as large as Envoy sends, plus `--h2-limit`."""
+        # Envoy buffers up to envoy.max_request_bytes and sends it in one ProcessingRequest;
+        # 1 MiB covers the wrapping (headers, attributes). More is refused (RESOURCE_EXHAUSTED).
+        snapshot = self.store.current
+        message = max(snapshot.server.max_body_bytes, snapshot.envoy.max_request_bytes) + MiB
+        base = H2Limits()
+        base = base.replace(
+            {
+                "max_message": str(message),
+                "max_buffered_bytes": str(max(base.max_buffered_bytes, message)),
+                "max_buffered_total": str(max(base.max_buffered_total, message)),
+            }
+        )
+        return base.replace(self.options.h2_limits)
 
     async def _start_h2(self) -> int:
         options = self.options
         unary = {HEALTH_CHECK_PATH: self._health_check, **h2_methods(self.api)}
-        self._h2 = H2Server({PROCESS_PATH: self.servicer.session}, unary, self._message_limit())
+        limits = self.transport_limits()
+        self.h2_stats = H2Stats()
+        self._h2 = H2Server(
+            {PROCESS_PATH: self.servicer.session}, unary, limits=limits, stats=self.h2_stats
+        )
+        transport_metrics.register(self.metrics.registry, self.h2_stats, limits)
         host, port = parse_listen(options.listen)
         context = None
         if options.tls_cert and options.tls_key:
@@ -139,14 +160,7 @@ class CascadeServer:
                 await self.health.set(service, status)
 
     async def _start_grpcio(self) -> int:
-        limit = self._message_limit()
-        server = grpc.aio.server(
-            options=[
-                ("grpc.max_receive_message_length", limit),
-                ("grpc.max_send_message_length", limit),
-                ("grpc.so_reuseport", 1),
-            ]
-        )
+        server = grpc.aio.server(options=grpcio_options(self.transport_limits()))
         pb_grpc.add_ExternalProcessorServicer_to_server(self.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         add_to_server(self.api, server)
@@ -200,6 +214,26 @@ class CascadeServer:
 
     async def wait(self) -> None:
         await self._stopped.wait()
+
+
+def grpcio_options(limits: H2Limits) -> list[tuple[str, int]]:
+    """What grpc.aio channel arguments can bound of `H2Limits` (docs/security.md: the rest)."""
+    return [
+        ("grpc.max_receive_message_length", limits.max_message),
+        ("grpc.max_send_message_length", limits.max_message),
+        ("grpc.so_reuseport", 1),
+        ("grpc.max_concurrent_streams", limits.max_concurrent_streams),
+        ("grpc.max_metadata_size", limits.max_header_block),
+        ("grpc.server_handshake_timeout_ms", int(limits.handshake_timeout * 1000)),
+        ("grpc.max_connection_idle_ms", int(limits.idle_timeout * 1000)),
+        ("grpc.keepalive_time_ms", int(limits.keepalive_interval * 1000)),
+        ("grpc.keepalive_timeout_ms", int(limits.keepalive_timeout * 1000)),
+        # a PING sooner than 1/ping_rate after the last one (without data) is a strike;
+        # after 2 strikes: GOAWAY ENHANCE_YOUR_CALM "too_many_pings"
+        ("grpc.http2.min_ping_interval_without_data_ms", int(1000 / limits.ping_rate)),
+        ("grpc.http2.max_ping_strikes", 2),
+        ("grpc.keepalive_permit_without_calls", 1),
+    ]
 
 
 async def run(options: ServeOptions, observer: Observer | None = None) -> int:

@@ -43,6 +43,14 @@ def register(sub: Any) -> None:
         choices=["h2", "grpcio"],
         help="gRPC transport: h2 (lean HTTP/2 server, default) or grpcio (grpc.aio)",
     )
+    parser.add_argument(
+        "--h2-limit",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="change one h2 transport limit (H2Limits field, e.g. max_connections=256); "
+        "repeatable; see docs/security.md",
+    )
     parser.add_argument("--tls-cert", type=Path, help="PEM certificate: serve gRPC over TLS")
     parser.add_argument("--tls-key", type=Path, help="PEM private key for --tls-cert")
     parser.add_argument(
@@ -60,10 +68,17 @@ def register(sub: Any) -> None:
 def run_serve(args: argparse.Namespace) -> int:
     from extproc.app.run import ServeOptions, run
     from extproc.core.errors import ConfigError
+    from extproc.transport.h2.limits import H2Limits
 
     configure_logging(args.log_level, args.log_format)
     if bool(args.tls_cert) != bool(args.tls_key):
         print("cascade: --tls-cert and --tls-key go together", file=sys.stderr)
+        return 2
+    try:
+        h2_limits = dict(item.split("=", 1) for item in args.h2_limit)
+        H2Limits().replace(h2_limits)
+    except ValueError as exc:
+        print(f"cascade: --h2-limit: {exc}", file=sys.stderr)
         return 2
     options = ServeOptions(
         config=args.config or default_config_path(),
@@ -75,6 +90,7 @@ def run_serve(args: argparse.Namespace) -> int:
         tls_key=args.tls_key,
         metrics_listen=None if args.metrics_listen == "off" else args.metrics_listen,
         transport=args.transport,
+        h2_limits=h2_limits,
     )
     try:
         return asyncio.run(run(options))

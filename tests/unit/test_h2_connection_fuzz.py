@@ -15,7 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from extproc.transport.h2 import frames as h2
-from extproc.transport.h2.server import H2Connection, H2Server
+from extproc.transport.h2.connection import H2Connection
+from extproc.transport.h2.server import H2Server
 
 PATH = "/test.Echo/Stream"
 UNARY = "/test.Echo/Unary"
@@ -33,6 +34,21 @@ class RecordingTransport(asyncio.Transport):
 
     def close(self) -> None:
         self.closed = True
+
+    def abort(self) -> None:
+        self.closed = True
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+    def get_write_buffer_size(self) -> int:
+        return 0  # everything written is on the wire at once
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
 
     def is_closing(self) -> bool:
         return self.closed

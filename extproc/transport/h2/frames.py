@@ -51,6 +51,7 @@ FRAME_SIZE_ERROR = 0x6
 REFUSED_STREAM = 0x7
 CANCEL = 0x8
 COMPRESSION_ERROR = 0x9
+ENHANCE_YOUR_CALM = 0xB
 
 DEFAULT_WINDOW = 65_535
 DEFAULT_MAX_FRAME = 16_384
@@ -62,11 +63,21 @@ _GRPC_PREFIX = struct.Struct(">BI")
 
 
 class ProtocolError(Exception):
-    """A connection error: answer with GOAWAY carrying `code`, then close."""
+    """A connection error: answer with GOAWAY carrying `code`, then close.
 
-    def __init__(self, message: str, code: int = PROTOCOL_ERROR) -> None:
+    `limit` names the transport limit (`H2Limits` field) the peer ran into, if any: the
+    connection counts it. The message is ours (fixed text), never the peer's bytes.
+    """
+
+    def __init__(self, message: str, code: int = PROTOCOL_ERROR, limit: str = "") -> None:
         super().__init__(message)
         self.code = code
+        self.limit = limit
+
+
+def calm(limit: str, message: str) -> ProtocolError:
+    """The connection error for a peer over a rate or size limit: GOAWAY ENHANCE_YOUR_CALM."""
+    return ProtocolError(message, ENHANCE_YOUR_CALM, limit)
 
 
 def frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
