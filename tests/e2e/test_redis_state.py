@@ -37,7 +37,7 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if not Path(REDIS).exists():
-        pytest.skip("redis-server not installed (apt-get install redis-server)")
+        pytest.fail("redis-server not installed: `make sysdeps` installs it (Debian redis-server)")
     workdir = tmp_path_factory.mktemp("redis")
     port = free_port()
     process = subprocess.Popen(

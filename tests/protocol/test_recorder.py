@@ -290,3 +290,28 @@ def test_no_tracing_configured_means_no_spans_and_no_propagation() -> None:
     processor.handle(request_headers(extra={"traceparent": f"00-{TRACE_ID}-{PARENT}-01"}))
     answer = processor.handle(request_body(chat_body("hi")))
     assert "traceparent" not in set_headers(answer)
+
+
+async def test_fabricated_attributes_create_no_new_series(rig_factory: Callable[..., Rig]) -> None:
+    """A direct ext_proc caller inventing cluster names, statuses and tiers: one `other` label."""
+    rig = rig_factory()
+    for n in range(300):  # bounded
+        rig.run(
+            request_headers(extra={"x-request-id": f"forged-{n}"}),
+            request_body(chat_body("hello")),
+            response_chunk(b"{}", status=1000 + n, tier=f"tier{n}", cluster=f"evil_{n}"),
+            response_chunk(b"", end=True),
+        )
+    await rig.recorder.drain()
+    series = [
+        sample.labels
+        for metric in rig.metrics.registry.collect()
+        if metric.name == "cascade_responses"
+        for sample in metric.samples
+        if sample.name == "cascade_responses_total"
+    ]
+    assert len(series) == 1, series
+    assert series[0]["cluster"] == "other"
+    assert series[0]["status"] == "other"
+    assert series[0]["served_tier"] == "weak"  # the decided tier: the forged one is unknown
+    await rig.recorder.stop()
