@@ -80,6 +80,11 @@ class Checker:
             raise self.fail(path, "expected a non-empty list")
         return value
 
+    def strings(self, value: object, path: str, *, empty: bool = False) -> list[str]:
+        """One string or a list of them (`ext_proc: host:port` or `ext_proc: [a, b]`)."""
+        items = [value] if isinstance(value, str) else self.sequence(value, path, empty=empty)
+        return [self.string(item, join_path(path, index)) for index, item in enumerate(items)]
+
     def choice(self, value: object, path: str, choices: tuple[str, ...]) -> str:
         text = self.string(value, path)
         if text not in choices:

@@ -86,23 +86,18 @@ _ENVOY_KEYS = {
 
 
 def compile_envoy(check: Checker, value: object) -> EnvoySettings:
-    if value is None:
-        return EnvoySettings()
-    spec = check.mapping(value, "envoy", _ENVOY_KEYS)
     defaults = EnvoySettings()
+    if value is None:
+        return defaults
+    spec = check.mapping(value, "envoy", _ENVOY_KEYS)
     addresses: dict[str, str] = {}
     for key in ("listen", "admin"):
         text = check.string(spec.get(key, getattr(defaults, key)), f"envoy.{key}")
         check.host_port(text, f"envoy.{key}", allow_zero=True)
         addresses[key] = text
-    ext_proc = spec.get("ext_proc", list(defaults.ext_proc))
-    if isinstance(ext_proc, str):
-        ext_proc = [ext_proc]
-    endpoints = []
-    for index, item in enumerate(check.sequence(ext_proc, "envoy.ext_proc")):
-        text = check.string(item, join_path("envoy.ext_proc", index))
+    endpoints = check.strings(spec.get("ext_proc", list(defaults.ext_proc)), "envoy.ext_proc")
+    for index, text in enumerate(endpoints):
         check.host_port(text, join_path("envoy.ext_proc", index))
-        endpoints.append(text)
     numbers = {
         key: check.integer(spec.get(key, getattr(defaults, key)), f"envoy.{key}", minimum=1)
         for key in (

@@ -100,13 +100,8 @@ def compile_telemetry(check: Checker, value: object) -> TelemetrySettings:
     spec = check.mapping(value, "telemetry", _TELEMETRY_KEYS)
     defaults = TelemetrySettings()
     headers = spec.get("user_key_headers", list(defaults.user_key_headers))
-    if isinstance(headers, str):
-        headers = [headers]
     names = tuple(
-        check.string(item, join_path("telemetry.user_key_headers", index)).lower()
-        for index, item in enumerate(
-            check.sequence(headers, "telemetry.user_key_headers", empty=True)
-        )
+        name.lower() for name in check.strings(headers, "telemetry.user_key_headers", empty=True)
     )
     redact = check.string(spec.get("redact", defaults.redact), "telemetry.redact")
     if redact not in ("builtin", "none"):

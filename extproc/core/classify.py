@@ -7,10 +7,15 @@ requests through the same function.
 from __future__ import annotations
 
 import hashlib
+import string
 from dataclasses import dataclass
+from urllib.parse import quote
 
 from extproc.core.chat import ChatRequest
 from extproc.core.rules import Classifier, Rule, RuleKind, TextScope
+
+#: Kept as they are in the reason header; everything else is percent-encoded UTF-8.
+_PRINTABLE_ASCII = "".join(ch for ch in string.printable if ch.isprintable())
 
 #: `rule` of a decision taken when no rule matched.
 RULE_DEFAULT = "default"
@@ -113,10 +118,7 @@ def _ascii(keyword: str) -> str:
     """Keywords go into an HTTP header: percent-encode what is not printable ASCII."""
     if keyword.isascii() and keyword.isprintable():
         return keyword
-    return "".join(
-        ch if ch.isascii() and ch.isprintable() else "".join(f"%{b:02X}" for b in ch.encode())
-        for ch in keyword
-    )
+    return quote(keyword, safe=_PRINTABLE_ASCII)
 
 
 def canary_bucket(key: str | bytes) -> float:
