@@ -17,7 +17,9 @@ def register(sub: Any) -> None:
         description=(
             "Serve /v1/chat/completions (JSON and SSE), /v1/models and /healthz, with failures "
             "injectable per request (x-mock-fail: 503, x-mock-fail: 429:2, x-mock-delay-ms) or "
-            "scripted through POST /_mock/script. Runs until SIGINT or SIGTERM, then exits 0. "
+            "scripted through POST /_mock/script, and answers shaped per request (x-mock-finish-"
+            'reason, x-mock-content, x-mock-refusal, x-mock-ttfb-ms, "logprobs": true). Runs '
+            "until SIGINT or SIGTERM, then exits 0. "
             "See docs/mock-backends.md."
         ),
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import itertools
 import json
@@ -279,6 +280,9 @@ def test_script_from_python(weak: MockBackendThread) -> None:
         ("reset", Fault(reset=True)),
         (404, Fault(status=404)),
         ({"status": 429, "retry_after": 1}, Fault(status=429, retry_after=1)),
+        ({"finish_reason": "length", "ttfb_ms": 5}, Fault(finish_reason="length", ttfb_ms=5)),
+        ({"content": "fixed", "delay_ms": 7}, Fault(content="fixed", delay_ms=7)),
+        ({"refusal": "no"}, Fault(refusal="no")),
     ],
 )
 def test_fault_parse(spec: Any, fault: Fault) -> None:
@@ -519,3 +523,303 @@ def test_cli_starts_answers_and_exits_0_on_sigterm() -> None:
         for stream in (proc.stdout, proc.stderr):
             if stream is not None:
                 stream.close()
+
+
+# -- answer controls: finish_reason, content, refusal, logprobs, time to first byte ---------------
+
+
+def stream_chunks(port: int, body: bytes, headers: dict[str, str]) -> list[dict[str, Any]]:
+    response, events, _ = read_sse(port, body, headers)
+    assert response.status == 200
+    assert events[-1][1] == "[DONE]"
+    return [json.loads(data) for _, data in events[:-1]]
+
+
+def test_finish_reason_and_fixed_content_by_header_in_json_and_sse(weak: MockBackendThread) -> None:
+    controls = {"x-mock-finish-reason": "length", "x-mock-content": "Paris is the capital."}
+    status, _, answer = post_chat(weak.port, chat("capital of France?"), **controls)
+    assert status == 200
+    choice = answer["choices"][0]
+    assert choice["finish_reason"] == "length"
+    assert choice["message"] == {"role": "assistant", "content": "Paris is the capital."}
+    assert answer["usage"]["completion_tokens"] == math.ceil(len("Paris is the capital.") / 4)
+
+    body = chat("capital of France?", stream=True, stream_options={"include_usage": True})
+    chunks = stream_chunks(weak.port, body, {**controls, "x-mock-stream-chunks": "3"})
+    assert len(chunks) == 6  # role, 3 pieces, finish, usage
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks[:-1])
+    assert text == "Paris is the capital."
+    assert [c["choices"][0]["finish_reason"] for c in chunks[:-1]] == [None] * 4 + ["length"]
+    assert chunks[-1]["usage"] == answer["usage"]
+
+    # UTF-8 in the header; every finish_reason OpenAI knows is accepted, others are not.
+    status, _, answer = post_chat(
+        weak.port,
+        chat("x"),
+        **{"x-mock-content": "café"},  # http.client sends latin-1
+    )
+    assert answer["choices"][0]["message"]["content"] == "caf\ufffd"  # not UTF-8: replaced
+    for reason in ("stop", "content_filter", "tool_calls", "function_call"):
+        got = post_chat(weak.port, chat("x"), **{"x-mock-finish-reason": reason})[2]
+        assert got["choices"][0]["finish_reason"] == reason
+    status, _, answer = post_chat(weak.port, chat("x"), **{"x-mock-finish-reason": "banana"})
+    assert (status, answer["error"]["type"]) == (400, "invalid_request_error")
+
+
+def test_utf8_content_header_from_raw_bytes(weak: MockBackendThread) -> None:
+    body = chat("x")
+    head = (
+        f"POST {CHAT} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(body)}\r\n"
+        "Connection: close\r\n"
+    ).encode() + "x-mock-content: 東京 café\r\n\r\n".encode()
+    with socket.create_connection(("127.0.0.1", weak.port), timeout=TIMEOUT) as sock:
+        sock.sendall(head + body)
+        data = b""
+        for _ in range(100):  # bounded: the answer is a few hundred bytes, then the server closes
+            piece = sock.recv(65536)
+            if not piece:
+                break
+            data += piece
+    answer = json.loads(data.partition(b"\r\n\r\n")[2])
+    assert answer["choices"][0]["message"]["content"] == "東京 café"
+
+
+def test_refusal_by_header_in_json_and_sse(weak: MockBackendThread) -> None:
+    refusal = {"x-mock-refusal": "I can't help with that."}
+    status, _, answer = post_chat(weak.port, chat("bad idea"), **refusal)
+    assert status == 200
+    message = answer["choices"][0]["message"]
+    assert message == {"role": "assistant", "content": None, "refusal": "I can't help with that."}
+    assert answer["choices"][0]["finish_reason"] == "stop"
+
+    chunks = stream_chunks(weak.port, chat("bad idea", stream=True), refusal)
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": None, "refusal": ""}
+    deltas = [c["choices"][0]["delta"] for c in chunks[1:-1]]
+    assert all("content" not in d for d in deltas)
+    assert "".join(d["refusal"] for d in deltas) == "I can't help with that."
+
+    # Content and refusal exclude each other; a failure is not turned into an answer.
+    both = {**refusal, "x-mock-content": "sure"}
+    assert post_chat(weak.port, chat("x"), **both)[0] == 400
+    assert post_chat(weak.port, chat("x"), **refusal, **{"x-mock-fail": "503"})[0] == 503
+
+
+def check_logprobs(entries: list[dict[str, Any]], top: int) -> None:
+    for entry in entries:
+        assert entry["bytes"] == list(entry["token"].encode())
+        assert entry["logprob"] <= 0
+        alternatives = entry["top_logprobs"]
+        assert len(alternatives) == top
+        if top:
+            assert alternatives[0] == {k: entry[k] for k in ("token", "logprob", "bytes")}
+            values = [a["logprob"] for a in alternatives]
+            assert values == sorted(values, reverse=True)
+            assert len(set(values)) == len(values)  # strictly lower alternatives
+            assert len({a["token"] for a in alternatives}) == top
+            assert all(a["bytes"] == list(a["token"].encode()) for a in alternatives)
+
+
+def test_logprobs_are_openai_shaped_deterministic_and_equal_in_json_and_sse(
+    weak: MockBackendThread,
+) -> None:
+    asked = {"logprobs": True, "top_logprobs": 3}
+    status, _, answer = post_chat(weak.port, chat("how sure are you?", **asked))
+    assert status == 200
+    logprobs = answer["choices"][0]["logprobs"]
+    assert logprobs["refusal"] is None
+    entries = logprobs["content"]
+    assert "".join(e["token"] for e in entries) == answer["choices"][0]["message"]["content"]
+    assert max(len(e["token"]) for e in entries) <= 4
+    check_logprobs(entries, 3)
+    # Deterministic per content: the same answer twice, another content other values.
+    assert post_chat(weak.port, chat("how sure are you?", **asked))[2]["choices"][0][
+        "logprobs"
+    ] == (logprobs)
+    other = post_chat(weak.port, chat("how sure are you?", **asked), **{"x-mock-content": "No."})
+    assert [e["token"] for e in other[2]["choices"][0]["logprobs"]["content"]] == ["No."]
+
+    # SSE: each content chunk carries the entries of its own tokens; together the JSON ones.
+    chunks = stream_chunks(weak.port, chat("how sure are you?", stream=True, **asked), {})
+    assert chunks[0]["choices"][0]["logprobs"] is None  # the role event
+    assert chunks[-1]["choices"][0]["logprobs"] is None  # the finish event
+    streamed = []
+    for chunk in chunks[1:-1]:
+        choice = chunk["choices"][0]
+        piece = choice["logprobs"]["content"]
+        assert "".join(e["token"] for e in piece) == choice["delta"]["content"]
+        streamed.extend(piece)
+    assert streamed == entries
+
+    # Without "logprobs": true there are none; top_logprobs defaults to 0; bad values get 400.
+    assert post_chat(weak.port, chat("x", top_logprobs=3))[2]["choices"][0]["logprobs"] is None
+    plain = post_chat(weak.port, chat("x", logprobs=True))[2]["choices"][0]["logprobs"]
+    check_logprobs(plain["content"], 0)
+    for bad in (21, -1, "3", True):
+        status, _, answer = post_chat(weak.port, chat("x", logprobs=True, top_logprobs=bad))
+        assert (status, answer["error"]["type"]) == (400, "invalid_request_error"), bad
+
+    # A refusal's logprobs are under "refusal".
+    refused = post_chat(weak.port, chat("x", **asked), **{"x-mock-refusal": "No way."})[2]
+    assert refused["choices"][0]["logprobs"]["content"] is None
+    assert "".join(e["token"] for e in refused["choices"][0]["logprobs"]["refusal"]) == "No way."
+
+
+def test_ttfb_delays_the_headers_not_the_events(weak: MockBackendThread) -> None:
+    # JSON: the whole answer waits.
+    start = time.monotonic()
+    assert post_chat(weak.port, chat("x"), **{"x-mock-ttfb-ms": "300"})[0] == 200
+    assert time.monotonic() - start >= 0.3
+
+    # SSE: the headers wait; then the events follow without the per-event delay.
+    conn = http.client.HTTPConnection("127.0.0.1", weak.port, timeout=TIMEOUT)
+    try:
+        start = time.monotonic()
+        headers = {"x-mock-ttfb-ms": "300", "x-mock-stream-delay-ms": "0"}
+        conn.request("POST", CHAT, body=chat("x", stream=True), headers=headers)
+        response = conn.getresponse()
+        first_byte = time.monotonic() - start
+        data = response.read()
+        total = time.monotonic() - start
+    finally:
+        conn.close()
+    assert first_byte >= 0.3
+    assert data.endswith(b"data: [DONE]\n\n")
+    assert total - first_byte < 0.25
+    # It is only for answers: with a failure the request is not slowed by it.
+    start = time.monotonic()
+    assert (
+        post_chat(weak.port, chat("x"), **{"x-mock-ttfb-ms": "5000", "x-mock-fail": "503"})[0]
+        == 503
+    )
+    assert time.monotonic() - start < 2.5
+    assert post_chat(weak.port, chat("x"), **{"x-mock-ttfb-ms": "soon"})[0] == 400
+
+
+def test_answer_controls_by_script(weak: MockBackendThread) -> None:
+    script = {
+        "responses": [
+            {"finish_reason": "content_filter", "content": "[filtered]"},
+            {"refusal": "Scripted refusal."},
+            {"ttfb_ms": 250},
+            "200",
+        ]
+    }
+    status, _, data = request(weak.port, "POST", "/_mock/script", json.dumps(script).encode())
+    assert status == 200
+    assert json.loads(data)["pending"] == [*script["responses"][:3], "200"]
+
+    first = post_chat(weak.port, chat("x"))[2]["choices"][0]
+    assert (first["finish_reason"], first["message"]["content"]) == ("content_filter", "[filtered]")
+    second = post_chat(weak.port, chat("x"))[2]["choices"][0]["message"]
+    assert (second["content"], second["refusal"]) == (None, "Scripted refusal.")
+    start = time.monotonic()
+    third = post_chat(weak.port, chat("x"))[2]["choices"][0]["message"]
+    assert time.monotonic() - start >= 0.25
+    assert third["content"].startswith("[weak] ")
+    assert post_chat(weak.port, chat("x"))[2]["choices"][0]["finish_reason"] == "stop"
+
+    # Headers win over the script entry's answer fields.
+    weak.script([{"content": "scripted", "finish_reason": "length"}])
+    got = post_chat(weak.port, chat("x"), **{"x-mock-content": "header"})[2]["choices"][0]
+    assert (got["message"]["content"], got["finish_reason"]) == ("header", "length")
+    # Also in a stream, and as `always`.
+    weak.script(always={"content": "always the same", "finish_reason": "tool_calls"})
+    chunks = stream_chunks(weak.port, chat("x", stream=True), {})
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == "always the same"
+    assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
+    weak.reset()
+
+    for bad in (
+        [{"status": 503, "content": "x"}],
+        [{"finish_reason": "banana"}],
+        [{"content": "a", "refusal": "b"}],
+        [{"content": 3}],
+        [{"ttfb_ms": -1}],
+    ):
+        status, _, data = request(weak.port, "POST", "/_mock/script", json.dumps(bad).encode())
+        assert status == 400, bad
+        assert json.loads(data)["error"]["type"] == "invalid_request_error"
+
+
+def test_the_openai_sdk_as_client(weak: MockBackendThread) -> None:
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(
+        base_url=f"{weak.url}/v1", api_key="mock", max_retries=0, timeout=TIMEOUT
+    )
+    try:
+        messages = [{"role": "user", "content": "hello from the SDK"}]
+        completion = client.chat.completions.create(
+            model="qwen3-4b", messages=messages, logprobs=True, top_logprobs=2
+        )
+        assert completion.model == "qwen3-4b"
+        choice = completion.choices[0]
+        assert choice.message.content is not None and choice.message.content.startswith("[weak] ")
+        assert choice.finish_reason == "stop"
+        assert choice.logprobs is not None and choice.logprobs.content is not None
+        assert "".join(t.token for t in choice.logprobs.content) == choice.message.content
+        assert all(len(t.top_logprobs) == 2 for t in choice.logprobs.content)
+        assert completion.usage is not None
+        assert completion.usage.prompt_tokens == math.ceil(len("hello from the SDK") / 4)
+
+        stream = client.chat.completions.create(
+            model="qwen3-4b",
+            messages=messages,
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_headers={"x-mock-finish-reason": "length", "x-mock-content": "cut short"},
+        )
+        pieces, finish, usage = [], None, None
+        for chunk in stream:
+            if chunk.usage is not None:
+                usage = chunk.usage
+            for delta_choice in chunk.choices:
+                pieces.append(delta_choice.delta.content or "")
+                finish = delta_choice.finish_reason or finish
+        assert "".join(pieces) == "cut short"
+        assert finish == "length"
+        assert usage is not None and usage.completion_tokens == math.ceil(len("cut short") / 4)
+
+        refused = client.chat.completions.create(
+            model="qwen3-4b", messages=messages, extra_headers={"x-mock-refusal": "No."}
+        )
+        assert (refused.choices[0].message.content, refused.choices[0].message.refusal) == (
+            None,
+            "No.",
+        )
+        with pytest.raises(openai.RateLimitError) as caught:
+            client.chat.completions.create(
+                model="qwen3-4b", messages=messages, extra_headers={"x-mock-fail": "429:1"}
+            )
+        assert caught.value.response.headers["retry-after"] == "1"
+    finally:
+        client.close()
+
+
+async def test_stop_drops_busy_connections_at_once() -> None:
+    """A request still waiting for its delay and a stream still running are cut by stop()."""
+    backend = MockBackend("strong", ["glm-5"], stream_delay_ms=1_000)
+    await backend.start()
+    try:
+        connections = [await asyncio.open_connection("127.0.0.1", backend.port) for _ in range(2)]
+        (slow_reader, slow_writer), (stream_reader, stream_writer) = connections
+        slow_writer.write(raw_request(chat("x"), "x-mock-delay-ms: 60000", port=backend.port))
+        stream_writer.write(raw_request(chat("x", stream=True), port=backend.port))
+        # The stream has begun once its headers arrived; the slow one once it was recorded.
+        await asyncio.wait_for(stream_reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+        deadline = time.monotonic() + TIMEOUT
+        while len(backend.requests) < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert len(backend.requests) == 2
+        started = time.monotonic()
+        await backend.stop()
+        assert time.monotonic() - started < 2
+        assert not backend.running
+        for reader in (slow_reader, stream_reader):
+            tail = b""
+            with contextlib.suppress(ConnectionError):
+                tail = await asyncio.wait_for(reader.read(), TIMEOUT)
+            assert b"[DONE]" not in tail and b'chat.completion"' not in tail
+        for _, writer in connections:
+            writer.close()
+    finally:
+        await backend.stop()
