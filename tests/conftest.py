@@ -32,3 +32,14 @@ def chat_body(*contents: str, role: str = "user", **extra: object) -> bytes:
     return orjson.dumps(
         {"model": "auto", "messages": [{"role": role, "content": c} for c in contents], **extra}
     )
+
+
+#: The `cascade.v1` caller token the test servers accept (`--api-tokens`).
+API_TOKEN = "test-token-0123456789abcdef"
+API_AUTH = (("authorization", f"Bearer {API_TOKEN}"),)
+
+
+def write_api_tokens(directory: Path) -> Path:
+    path = directory / "api-tokens"
+    path.write_text(f"# caller token\ntests {API_TOKEN}\n")
+    return path

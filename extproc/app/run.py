@@ -24,9 +24,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from extproc.app import transport_metrics
 from extproc.config.store import ConfigStore
 from extproc.core.hostport import parse_listen
-from extproc.routing.processor import Observer
+from extproc.routing.observer import Observer
 from extproc.services.api import SERVICE as CASCADE_SERVICE
-from extproc.services.api import CascadeService, add_to_server, h2_methods
+from extproc.services.api import CascadeApi, add_to_server, h2_methods
+from extproc.services.auth import Authenticator, parse_tokens
 from extproc.telemetry.metrics import Metrics, MetricsServer
 from extproc.telemetry.recorder import Recorder
 from extproc.telemetry.tracing import Tracing
@@ -59,8 +60,17 @@ class ServeOptions:
     metrics_listen: str | None = None
     #: `h2` (the lean HTTP/2 transport) or `grpcio` (grpc.aio)
     transport: str = "h2"
+    #: `caller token` lines for `cascade.v1` (extproc/services/auth.py); None = API refused
+    api_tokens: Path | None = None
     #: `H2Limits` fields to change, name -> value as text (`cascade serve --h2-limit`)
     h2_limits: dict[str, str] = field(default_factory=dict)
+
+
+def _authenticator(options: ServeOptions) -> Authenticator | None:
+    if options.api_tokens is None:
+        return None
+    source = str(options.api_tokens)
+    return Authenticator(parse_tokens(options.api_tokens.read_text(), source))
 
 
 class CascadeServer:
@@ -76,7 +86,7 @@ class CascadeServer:
         self.store.listeners.append(self.recorder.reloaded)
         self.servicer = ExternalProcessor(lambda: self.store.current, observer or self.recorder)
         self.metrics.track_inflight(lambda: self.servicer.in_flight)
-        self.api = CascadeService(lambda: self.store.current, self.recorder)
+        self.api = CascadeApi(lambda: self.store.current, self.recorder, _authenticator(options))
         self.metrics_server: MetricsServer | None = None
         self.metrics_port = 0
         self.health = health.aio.HealthServicer()

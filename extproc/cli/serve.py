@@ -51,6 +51,13 @@ def register(sub: Any) -> None:
         help="change one h2 transport limit (H2Limits field, e.g. max_connections=256); "
         "repeatable; see docs/security.md",
     )
+    parser.add_argument(
+        "--api-tokens",
+        type=Path,
+        default=os.environ.get("CASCADE_API_TOKENS") or None,
+        help="file of 'caller-name token' lines allowed to call cascade.v1 (Classify, "
+        "SubmitFeedback); without it the API refuses every call (default $CASCADE_API_TOKENS)",
+    )
     parser.add_argument("--tls-cert", type=Path, help="PEM certificate: serve gRPC over TLS")
     parser.add_argument("--tls-key", type=Path, help="PEM private key for --tls-cert")
     parser.add_argument(
@@ -80,6 +87,14 @@ def run_serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"cascade: --h2-limit: {exc}", file=sys.stderr)
         return 2
+    if args.api_tokens is not None:
+        from extproc.services.auth import TokenFileError, parse_tokens
+
+        try:
+            parse_tokens(Path(args.api_tokens).read_text(), str(args.api_tokens))
+        except (OSError, TokenFileError) as exc:
+            print(f"cascade: --api-tokens: {exc}", file=sys.stderr)
+            return 2
     options = ServeOptions(
         config=args.config or default_config_path(),
         listen=args.listen,
@@ -91,6 +106,7 @@ def run_serve(args: argparse.Namespace) -> int:
         metrics_listen=None if args.metrics_listen == "off" else args.metrics_listen,
         transport=args.transport,
         h2_limits=h2_limits,
+        api_tokens=None if args.api_tokens is None else Path(args.api_tokens),
     )
     try:
         return asyncio.run(run(options))

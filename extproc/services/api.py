@@ -1,14 +1,19 @@
 """`cascade.v1.Cascade`: Classify and SubmitFeedback, on the same gRPC port as ext_proc.
 
 protos/cascade/v1/cascade.proto defines the service; the generated code is in `extproc/_pb`.
+`CascadeApi` is transport-neutral (request message and metadata in, response message out or an
+`ApiError` with a gRPC status); `GrpcServicer` and `h2_methods` adapt it to the two transports.
+Every call needs a caller token (`extproc.services.auth`); feedback is limited per caller,
+accepted only for a request the server has seen, and once per request.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
-from typing import Any
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -18,20 +23,34 @@ from extproc._pb.cascade.v1 import cascade_pb2_grpc as pb_grpc
 from extproc.config.snapshot import Snapshot
 from extproc.core.chat import ChatRequest
 from extproc.core.classify import classify
-from extproc.routing.choice import choose_classifier
 from extproc.core.excerpt import retry_excerpt
+from extproc.routing.choice import choose_classifier
 from extproc.routing.observer import DecisionInfo, RequestInfo, ResponseInfo
+from extproc.services.auth import Authenticator, RateLimiter
 from extproc.telemetry.misroute import FALSE_NEGATIVE, FALSE_POSITIVE
 from extproc.telemetry.recorder import Recorder
-from extproc.transport.h2 import frames as h2_frames
 from extproc.transport.h2.frames import GrpcError
-from extproc.transport.h2.server import UnaryMethod
 
 SERVICE = "cascade.v1.Cascade"
 CLASSIFY_PATH = "/cascade.v1.Cascade/Classify"
 MAX_MESSAGES = 10_000
 MAX_COMMENT = 4_000
 MAX_REQUEST_ID = 256
+#: Defaults of the per-caller limits (`cascade serve --api-feedback-rate`, `--api-classify-rate`).
+FEEDBACK_RATE, FEEDBACK_BURST = 5.0, 20.0
+CLASSIFY_RATE, CLASSIFY_BURST = 200.0, 400.0
+#: Request ids whose feedback was recorded, remembered to refuse a second one (per replica).
+FEEDBACK_MEMORY = 100_000
+
+# gRPC status codes (grpc.StatusCode values), shared by both transports
+INVALID_ARGUMENT = 3
+ALREADY_EXISTS = 6
+PERMISSION_DENIED = 7
+RESOURCE_EXHAUSTED = 8
+UNAUTHENTICATED = 16
+_STATUS = {code.value[0]: code for code in grpc.StatusCode}
+
+Message = TypeVar("Message")
 
 _SUSPICION = {
     "": pb.SUSPICION_NONE,
@@ -40,32 +59,65 @@ _SUSPICION = {
 }
 
 
-class CascadeService(pb_grpc.CascadeServicer):
-    def __init__(self, snapshot: Callable[[], Snapshot], recorder: Recorder) -> None:
+class ApiError(Exception):
+    """A refused call: a gRPC status code and a message that never echoes caller input."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class CascadeApi:
+    def __init__(
+        self,
+        snapshot: Callable[[], Snapshot],
+        recorder: Recorder,
+        auth: Authenticator | None,
+        *,
+        feedback_limit: RateLimiter | None = None,
+        classify_limit: RateLimiter | None = None,
+    ) -> None:
         self._snapshot = snapshot
         self._recorder = recorder
+        self._auth = auth
+        self._feedback_limit = feedback_limit or RateLimiter(FEEDBACK_RATE, FEEDBACK_BURST)
+        self._classify_limit = classify_limit or RateLimiter(CLASSIFY_RATE, CLASSIFY_BURST)
+        self._answered: OrderedDict[str, None] = OrderedDict()
 
-    async def Classify(
-        self, request: pb.ClassifyRequest, context: grpc.aio.ServicerContext[object, object]
+    def _admit(self, method: str, metadata: Mapping[str, str], limit: RateLimiter) -> str:
+        refused = self._recorder.metrics.api_refused
+        if self._auth is None:
+            refused.labels(method, "disabled").inc()
+            raise ApiError(UNAUTHENTICATED, "cascade.v1 is disabled: start with --api-tokens")
+        caller = self._auth.caller(metadata)
+        if caller is None:
+            refused.labels(method, "unauthenticated").inc()
+            raise ApiError(UNAUTHENTICATED, "a valid 'authorization: Bearer <token>' is required")
+        if not limit.allow(caller):
+            refused.labels(method, "rate_limited").inc()
+            raise ApiError(RESOURCE_EXHAUSTED, "rate limit exceeded; retry later")
+        return caller
+
+    def classify(
+        self, request: pb.ClassifyRequest, metadata: Mapping[str, str]
     ) -> pb.ClassifyResponse:
+        self._admit("Classify", metadata, self._classify_limit)
         snapshot = self._snapshot()
         if len(request.messages) > MAX_MESSAGES:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "too many messages")
+            raise ApiError(INVALID_ARGUMENT, "too many messages")
         total = sum(len(m.content) for m in request.messages)
         if total > snapshot.server.max_body_bytes:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"messages exceed {snapshot.server.max_body_bytes} characters",
+            raise ApiError(
+                INVALID_ARGUMENT, f"messages exceed {snapshot.server.max_body_bytes} characters"
             )
         if request.classifier:
             classifier = snapshot.classifiers.get(request.classifier)
             if classifier is None:
-                await context.abort(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    f"unknown classifier {request.classifier!r}; "
-                    f"configured: {', '.join(snapshot.classifiers)}",
+                raise ApiError(
+                    INVALID_ARGUMENT,
+                    "unknown classifier; configured: " + ", ".join(snapshot.classifiers),
                 )
-                raise AssertionError  # abort raises; this keeps the type checker informed
         else:
             classifier = choose_classifier(snapshot, request.key)
         messages = tuple((m.role, m.content) for m in request.messages)
@@ -73,7 +125,7 @@ class CascadeService(pb_grpc.CascadeServicer):
         info = RequestInfo(
             path=CLASSIFY_PATH,
             method="POST",
-            request_id=_metadata(context, "x-request-id")[:MAX_REQUEST_ID] or uuid.uuid4().hex,
+            request_id=metadata.get("x-request-id", "")[:MAX_REQUEST_ID] or uuid.uuid4().hex,
             user=request.key,
             started=time.perf_counter(),
             started_ns=time.time_ns(),
@@ -103,70 +155,85 @@ class CascadeService(pb_grpc.CascadeServicer):
             request_id=info.request_id,
         )
 
+    async def submit_feedback(
+        self, request: pb.SubmitFeedbackRequest, metadata: Mapping[str, str]
+    ) -> pb.SubmitFeedbackResponse:
+        self._admit("SubmitFeedback", metadata, self._feedback_limit)
+        if not request.request_id or len(request.request_id) > MAX_REQUEST_ID:
+            raise ApiError(INVALID_ARGUMENT, f"request_id must have 1..{MAX_REQUEST_ID} characters")
+        if request.score not in (-1, 0, 1):
+            raise ApiError(INVALID_ARGUMENT, "score must be -1 (down), 0 or 1 (up)")
+        if len(request.comment) > MAX_COMMENT:
+            raise ApiError(INVALID_ARGUMENT, f"comment over {MAX_COMMENT} characters")
+        if request.request_id in self._answered:
+            self._recorder.metrics.api_refused.labels("SubmitFeedback", "duplicate").inc()
+            raise ApiError(ALREADY_EXISTS, "feedback for this request was already recorded")
+        result = await self._recorder.feedback(request.request_id, request.score, request.comment)
+        if result.known:
+            self._answered[request.request_id] = None
+            if len(self._answered) > FEEDBACK_MEMORY:
+                self._answered.popitem(last=False)
+        return pb.SubmitFeedbackResponse(known=result.known, suspicion=_SUSPICION[result.suspicion])
+
+
+class GrpcServicer(pb_grpc.CascadeServicer):
+    """`CascadeApi` on the grpc.aio server."""
+
+    def __init__(self, api: CascadeApi) -> None:
+        self._api = api
+
+    async def Classify(
+        self, request: pb.ClassifyRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> pb.ClassifyResponse:
+        try:
+            return self._api.classify(request, _metadata(context))
+        except ApiError as exc:
+            await context.abort(_STATUS[exc.code], exc.message)
+            raise
+
     async def SubmitFeedback(
         self,
         request: pb.SubmitFeedbackRequest,
         context: grpc.aio.ServicerContext[object, object],
     ) -> pb.SubmitFeedbackResponse:
-        if not request.request_id or len(request.request_id) > MAX_REQUEST_ID:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"request_id must have 1..{MAX_REQUEST_ID} characters",
-            )
-        if request.score not in (-1, 0, 1):
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, "score must be -1 (down), 0 or 1 (up)"
-            )
-        if len(request.comment) > MAX_COMMENT:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, f"comment over {MAX_COMMENT} characters"
-            )
-        result = await self._recorder.feedback(request.request_id, request.score, request.comment)
-        return pb.SubmitFeedbackResponse(known=result.known, suspicion=_SUSPICION[result.suspicion])
+        try:
+            return await self._api.submit_feedback(request, _metadata(context))
+        except ApiError as exc:
+            await context.abort(_STATUS[exc.code], exc.message)
+            raise
 
 
-def _metadata(context: grpc.aio.ServicerContext[object, object], name: str) -> str:
-    for key, value in context.invocation_metadata() or ():
-        if key == name:
-            return str(value)
-    return ""
+def _metadata(context: grpc.aio.ServicerContext[object, object]) -> dict[str, str]:
+    return {key: str(value) for key, value in context.invocation_metadata() or ()}
 
 
-def add_to_server(service: CascadeService, server: grpc.aio.Server) -> None:
-    pb_grpc.add_CascadeServicer_to_server(service, server)  # type: ignore[no-untyped-call]
+def add_to_server(api: CascadeApi, server: grpc.aio.Server) -> None:
+    pb_grpc.add_CascadeServicer_to_server(GrpcServicer(api), server)  # type: ignore[no-untyped-call]
 
 
-class _H2Context:
-    """What the service's methods use of a grpc.aio context, on the HTTP/2 transport."""
-
-    def __init__(self, metadata: dict[str, str]) -> None:
-        self._metadata = metadata
-
-    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
-        return tuple(self._metadata.items())
-
-    async def abort(self, code: grpc.StatusCode, details: str) -> None:
-        raise GrpcError(int(code.value[0]), details)
-
-
-def h2_methods(service: CascadeService) -> dict[str, UnaryMethod]:
-    """The service's unary methods for `extproc.transport.h2.server`, by path."""
+def h2_methods(api: CascadeApi) -> dict[str, Callable[[bytes, dict[str, str]], Any]]:
+    """The API's unary methods for the HTTP/2 transport, by path."""
 
     async def classify(raw: bytes, metadata: dict[str, str]) -> bytes:
-        request = _parse(pb.ClassifyRequest, raw)
-        context: Any = _H2Context(metadata)
-        return bytes((await service.Classify(request, context)).SerializeToString())
+        try:
+            return bytes(
+                api.classify(_parse(pb.ClassifyRequest, raw), metadata).SerializeToString()
+            )
+        except ApiError as exc:
+            raise GrpcError(exc.code, exc.message) from None
 
     async def submit_feedback(raw: bytes, metadata: dict[str, str]) -> bytes:
         request = _parse(pb.SubmitFeedbackRequest, raw)
-        context: Any = _H2Context(metadata)
-        return bytes((await service.SubmitFeedback(request, context)).SerializeToString())
+        try:
+            return bytes((await api.submit_feedback(request, metadata)).SerializeToString())
+        except ApiError as exc:
+            raise GrpcError(exc.code, exc.message) from None
 
     return {CLASSIFY_PATH: classify, f"/{SERVICE}/SubmitFeedback": submit_feedback}
 
 
-def _parse(kind: Any, raw: bytes) -> Any:
+def _parse(kind: type[Message], raw: bytes) -> Message:
     try:
-        return kind.FromString(raw)
-    except DecodeError as exc:
-        raise GrpcError(h2_frames.INVALID_ARGUMENT, f"malformed request: {exc}") from exc
+        return kind.FromString(raw)  # type: ignore[attr-defined, no-any-return]
+    except DecodeError:
+        raise GrpcError(INVALID_ARGUMENT, "malformed request message") from None

@@ -53,6 +53,7 @@ COST = "cascade_cost_dollars_total"
 PRICE_PER_HOUR = "cascade_tier_price_per_hour_dollars"
 MISROUTE = "cascade_misroute_suspected_total"
 FEEDBACK = "cascade_feedback_total"
+API_REFUSED = "cascade_api_refused_total"
 TELEMETRY_DROPPED = "cascade_telemetry_dropped_total"
 STATE_ERRORS = "cascade_state_errors_total"
 
@@ -176,8 +177,17 @@ class Metrics:
             ["kind", "signal", "classifier"],
             registry=reg,
         )
+        self.api_refused = Counter(
+            API_REFUSED,
+            "cascade.v1 calls refused (disabled, unauthenticated, rate_limited, duplicate)",
+            ["method", "reason"],
+            registry=reg,
+        )
         self.feedback = Counter(
-            FEEDBACK, "Feedback received through cascade.v1", ["score"], registry=reg
+            FEEDBACK,
+            "Feedback accepted through cascade.v1 (known requests)",
+            ["score"],
+            registry=reg,
         )
         self.telemetry_dropped = Counter(
             TELEMETRY_DROPPED,

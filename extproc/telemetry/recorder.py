@@ -383,10 +383,10 @@ class Recorder:
     async def feedback(self, request_id: str, score: int, comment: str) -> FeedbackResult:
         """`cascade.v1.Cascade/SubmitFeedback`: count it, judge it, log it."""
         snapshot = self._snapshot()
-        self.metrics.feedback.labels(str(score)).inc()
         summary = await self._guarded("get_request", self.state.get_request(request_id))
         if summary is None:
             return FeedbackResult(known=False, suspicion="")
+        self.metrics.feedback.labels(str(score)).inc()
         suspicion = judge_feedback(
             summary, score, top_tier=snapshot.top_tier, rules=snapshot.telemetry.feedback
         )

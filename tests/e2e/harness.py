@@ -23,6 +23,7 @@ from cascade_dev.mock_backend import MockBackend
 from extproc.config.snapshot import DEFAULT_CONFIG, compile_config
 from extproc.gateway.process import admin_port, envoy_command
 from extproc.gateway.render import render_yaml
+from tests.conftest import write_api_tokens
 
 BIN = Path(sys.executable).parent
 ENVOY = BIN / "envoy"
@@ -152,6 +153,8 @@ class Gateway:
                     "2.5",
                     "--grace",
                     "5",
+                    "--api-tokens",
+                    str(write_api_tokens(self.workdir)),
                     *_free_metrics_port(),
                 ],
                 stdout=log,

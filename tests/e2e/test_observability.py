@@ -18,6 +18,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from extproc._pb.cascade.v1 import cascade_pb2, cascade_pb2_grpc
+from tests.conftest import API_AUTH
 from tests.e2e.harness import Gateway, stream_events, wait_for
 
 PRICES = {
@@ -231,7 +232,9 @@ def test_feedback_rpc_on_the_classifier_port(stack: Gateway) -> None:
 
         def known() -> bool:
             answer = stub.SubmitFeedback(
-                cascade_pb2.SubmitFeedbackRequest(request_id="no-such-id", score=1), timeout=5
+                cascade_pb2.SubmitFeedbackRequest(request_id="no-such-id", score=1),
+                timeout=5,
+                metadata=API_AUTH,
             )
             return not answer.known
 
@@ -242,6 +245,7 @@ def test_feedback_rpc_on_the_classifier_port(stack: Gateway) -> None:
             answer = stub.SubmitFeedback(
                 cascade_pb2.SubmitFeedbackRequest(request_id=request_id, score=-1, comment="bad"),
                 timeout=5,
+                metadata=API_AUTH,
             )
             if answer.known:
                 break
@@ -253,6 +257,7 @@ def test_feedback_rpc_on_the_classifier_port(stack: Gateway) -> None:
                 messages=[cascade_pb2.Message(role="user", content="이 모듈을 리팩터링 해줘")]
             ),
             timeout=5,
+            metadata=API_AUTH,
         ).decision
         assert (decision.tier, decision.rule, list(decision.keywords)) == (
             "strong",

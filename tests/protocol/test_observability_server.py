@@ -19,7 +19,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from extproc._pb.cascade.v1 import cascade_pb2, cascade_pb2_grpc
 from extproc.app.run import CascadeServer, ServeOptions
 from extproc.config.snapshot import DEFAULT_CONFIG
-from tests.conftest import chat_body
+from tests.conftest import API_AUTH, chat_body, write_api_tokens
 from tests.protocol.streams import request_body, request_headers
 from tests.protocol.test_recorder import TRACE_ID, response_chunk
 
@@ -89,6 +89,7 @@ async def server(
             drain_delay=0.0,
             grace=1.0,
             metrics_listen="127.0.0.1:0",
+            api_tokens=write_api_tokens(tmp_path),
         )
     )
     await instance.start()
@@ -157,7 +158,7 @@ async def test_metrics_endpoint_and_cascade_api_on_the_same_port(server: Cascade
             cascade_pb2.ClassifyRequest(
                 messages=[cascade_pb2.Message(role="user", content="please optimize this")]
             ),
-            metadata=(("x-request-id", "api-1"),),
+            metadata=(("x-request-id", "api-1"), *API_AUTH),
         )
         assert (answer.decision.tier, answer.decision.model, answer.request_id) == (
             "strong",
@@ -165,21 +166,24 @@ async def test_metrics_endpoint_and_cascade_api_on_the_same_port(server: Cascade
             "api-1",
         )
         generated = await stub.Classify(
-            cascade_pb2.ClassifyRequest(messages=[cascade_pb2.Message(role="user", content="hi")])
+            cascade_pb2.ClassifyRequest(messages=[cascade_pb2.Message(role="user", content="hi")]),
+            metadata=API_AUTH,
         )
         assert generated.decision.tier == "weak" and len(generated.request_id) == 32
         await server.recorder.drain()
         feedback = await stub.SubmitFeedback(
-            cascade_pb2.SubmitFeedbackRequest(request_id="otlp-1", score=1)
+            cascade_pb2.SubmitFeedbackRequest(request_id="otlp-1", score=1), metadata=API_AUTH
         )
         assert feedback.known
         # a top-tier answer (3 tokens) to a short prompt with a thumb up: over-routed
         assert feedback.suspicion == cascade_pb2.SUSPICION_FALSE_POSITIVE
         with pytest.raises(grpc.aio.AioRpcError) as info:
-            await stub.SubmitFeedback(cascade_pb2.SubmitFeedbackRequest(request_id="x", score=7))
+            await stub.SubmitFeedback(
+                cascade_pb2.SubmitFeedbackRequest(request_id="x", score=7), metadata=API_AUTH
+            )
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         with pytest.raises(grpc.aio.AioRpcError) as info:
-            await stub.Classify(cascade_pb2.ClassifyRequest(classifier="v99"))
+            await stub.Classify(cascade_pb2.ClassifyRequest(classifier="v99"), metadata=API_AUTH)
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         health = health_pb2_grpc.HealthStub(channel)
         status = await health.Check(health_pb2.HealthCheckRequest(service="cascade.v1.Cascade"))
