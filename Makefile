@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # Debian packages the test suite starts for real (installed when missing, needs root or sudo).
 SYSTEM_PACKAGES ?= prometheus redis-server openssl
 
-.PHONY: install sysdeps lint typecheck test test-unit test-e2e demo bench clean protos render
+.PHONY: install sysdeps lint typecheck test test-unit test-e2e demo bench bench-gateway clean protos render
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,12 @@ demo: install
 
 bench: install
 	$(BIN)/python bench/bench_classify.py
+
+# Gateway throughput against the floor, the pass-throughs (Python, Go) and cascade (bench/README.md).
+GO_PACKAGES ?= golang-go golang-google-grpc-dev golang-google-protobuf-dev golang-github-golang-protobuf-1-5-dev
+bench-gateway: install
+	$(MAKE) sysdeps SYSTEM_PACKAGES="wrk $(GO_PACKAGES)"
+	$(BIN)/python bench/bench_gateway.py --seconds 8 --rounds 3
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

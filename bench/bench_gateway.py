@@ -1,20 +1,25 @@
 """What classification costs on the request path, measured through the real Envoy.
 
-Five stacks, same machine, same run, 4 KB chat bodies, routes answering with
-`direct_response` so no upstream adds noise:
+Stacks, same machine, same run, 4 KB chat bodies, routes answering with `direct_response` so no
+upstream adds noise:
 
 - floor: Envoy alone (buffer filter + direct_response);
+- go-pass-through: Envoy + a grpc-go pass-through ext_proc (`../shared/anchors/go-extproc`,
+  built by its build.sh from Debian's golang packages): the compiled-language ceiling;
 - pass-through: Envoy + a minimal grpc.aio ext_proc (bench/passthrough_extproc.py), the
   baseline the targets are set against;
 - pass-through-h2: the same constant answers on cascade's lean HTTP/2 transport;
 - cascade: Envoy + `cascade serve` (default h2 transport; v7 classification, tier header,
   route re-match, metrics and the telemetry recorder);
-- cascade-grpcio: the same with `--transport grpcio`.
+- cascade-grpcio: the same with `--transport grpcio`;
+- cascade-before (with `--before PATH`): another checkout's `cascade`, for before/after figures
+  in one run.
 
 Load: wrk (Debian package) at 1 and 16 connections. Reported: req/s, p50, p99, latency added
 over the floor, and the ext_proc server's CPU per request (from /proc).
 
-    .venv/bin/python bench/bench_gateway.py [--seconds 10]
+    .venv/bin/python bench/bench_gateway.py [--seconds 10] [--rounds 3] [--before OTHER/cascade]
+    make bench-gateway       # installs wrk and the Go toolchain packages first
 """
 
 from __future__ import annotations
@@ -43,8 +48,17 @@ from extproc.config.snapshot import DEFAULT_CONFIG, load_snapshot
 from extproc.gateway.render import TYPE, bootstrap
 
 BIN = Path(sys.executable).parent
-STACKS = ("floor", "pass-through", "pass-through-h2", "cascade", "cascade-grpcio")
+STACKS = (
+    "floor",
+    "go-pass-through",
+    "pass-through",
+    "pass-through-h2",
+    "cascade",
+    "cascade-grpcio",
+)
 HERE = Path(__file__).resolve().parent
+#: grpc-go pass-through ext_proc (same answers as passthrough_extproc.py), beside the project root
+GO_ANCHOR = HERE.parent.parent / "shared" / "anchors" / "go-extproc"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -179,13 +193,27 @@ def _ms(text: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def run_stack(name: str, tmp: Path, seconds: int, script: Path) -> dict[int, dict[str, float]]:
+def build_go_anchor(tmp: Path) -> Path:
+    """Build the Go pass-through with its own build.sh (Debian's golang packages, no network)."""
+    binary = tmp / "go-extproc" / "go-extproc"
+    env = {**os.environ, "GO_EXTPROC_GOPATH": str(tmp / "gopath"), "GOCACHE": str(tmp / "gocache")}
+    subprocess.run(
+        ["bash", str(GO_ANCHOR / "build.sh"), str(binary)], check=True, env=env, timeout=600
+    )
+    return binary
+
+
+def run_stack(
+    name: str, tmp: Path, seconds: int, script: Path, cascades: dict[str, Path]
+) -> dict[int, dict[str, float]]:
     listen, admin = free_port(), free_port()
     server_args: list[str] | None = None
     extproc_port = None
     if name != "floor":
         extproc_port = free_port()
-        if name.startswith("pass-through"):
+        if name == "go-pass-through":
+            server_args = [str(cascades[name]), "-listen", f"127.0.0.1:{extproc_port}"]
+        elif name.startswith("pass-through"):
             server_args = [
                 sys.executable,
                 str(HERE / "passthrough_extproc.py"),
@@ -195,7 +223,7 @@ def run_stack(name: str, tmp: Path, seconds: int, script: Path) -> dict[int, dic
             ]
         else:
             server_args = [
-                str(BIN / "cascade"),
+                str(cascades.get(name, BIN / "cascade")),
                 "serve",
                 "--listen",
                 f"127.0.0.1:{extproc_port}",
@@ -203,6 +231,8 @@ def run_stack(name: str, tmp: Path, seconds: int, script: Path) -> dict[int, dic
                 "warning",
                 "--transport",
                 "grpcio" if name.endswith("-grpcio") else "h2",
+                "--metrics-listen",
+                "off",
             ]
     config_path = tmp / f"envoy-{name}.yaml"
     config_path.write_text(yaml.safe_dump(envoy_config(listen, admin, extproc_port)))
@@ -253,9 +283,24 @@ def main() -> None:
     parser.add_argument(
         "--rounds", type=int, default=3, help="stacks run interleaved this many times; medians"
     )
+    parser.add_argument(
+        "--before",
+        type=Path,
+        help="a `cascade` executable of another checkout (e.g. the previous commit's venv): "
+        "adds the stack `cascade-before`, measured in the same interleaved rounds",
+    )
+    parser.add_argument(
+        "--stacks", default=",".join(STACKS), help="comma-separated subset of: " + ", ".join(STACKS)
+    )
     args = parser.parse_args()
     if not shutil.which("wrk"):
         raise SystemExit("wrk is needed: apt-get install wrk")
+    stacks = [name for name in args.stacks.split(",") if name]
+    unknown = set(stacks) - set(STACKS)
+    if unknown or "floor" not in stacks:
+        raise SystemExit(f"--stacks: unknown {sorted(unknown)} or no floor")
+    if args.before is not None:
+        stacks.insert(stacks.index("cascade") + 1 if "cascade" in stacks else 1, "cascade-before")
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         body = tmp / "body.json"
@@ -266,10 +311,15 @@ def main() -> None:
             'wrk.headers["content-type"] = "application/json"\n'
             f'local f = io.open("{body}", "rb")\nwrk.body = f:read("*a")\nf:close()\n'
         )
-        runs: dict[str, list[dict[int, dict[str, float]]]] = {name: [] for name in STACKS}
-        for _ in range(args.rounds):  # interleaved, so drift on a shared machine hits all three
+        cascades: dict[str, Path] = {}
+        if args.before is not None:
+            cascades["cascade-before"] = args.before
+        if "go-pass-through" in stacks:
+            cascades["go-pass-through"] = build_go_anchor(tmp)
+        runs: dict[str, list[dict[int, dict[str, float]]]] = {name: [] for name in stacks}
+        for _ in range(args.rounds):  # interleaved, so drift on a shared machine hits all stacks
             for name, found in runs.items():
-                found.append(run_stack(name, tmp, args.seconds, script))
+                found.append(run_stack(name, tmp, args.seconds, script, cascades))
         results = {name: median_run(found) for name, found in runs.items()}
     print(json.dumps(results, indent=1))
     floor = results["floor"]
@@ -290,7 +340,12 @@ def main() -> None:
         ("cascade", "pass-through"),
         ("cascade", "pass-through-h2"),
         ("cascade-grpcio", "pass-through"),
+        ("pass-through-h2", "go-pass-through"),
+        ("cascade", "go-pass-through"),
+        ("cascade", "cascade-before"),
     ):
+        if ours not in results or base not in results:
+            continue
         ratio = results[ours][16]["rps"] / results[base][16]["rps"]
         print(f"{ours} / {base} req/s at 16 connections: {ratio:.1%}")
 
