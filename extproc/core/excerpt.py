@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 #: Characters of the last user message kept for retry similarity (head and tail halves).
 RETRY_EXCERPT = 512
 
