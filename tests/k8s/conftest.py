@@ -20,13 +20,16 @@ KUSTOMIZATIONS = {
     "base": K8S / "base",
     "kgateway": K8S / "overlays" / "kgateway",
     "envoy": K8S / "overlays" / "envoy",
+    "envoy-mtls": K8S / "overlays" / "envoy-mtls",
     "canary": K8S / "overlays" / "canary",
     "kgateway-tls": K8S / "overlays" / "kgateway-tls",
     "monitoring": K8S / "monitoring",
     "mock-backends": K8S / "examples" / "mock-backends",
 }
 #: The overlays that route traffic (each has the classifier in it).
-ROUTING_OVERLAYS = ("kgateway", "envoy", "canary", "kgateway-tls")
+ROUTING_OVERLAYS = ("kgateway", "envoy", "canary", "kgateway-tls", "envoy-mtls")
+#: The overlays with the plain Envoy Deployment cascade-envoy in front of the classifier.
+ENVOY_OVERLAYS = ("envoy", "envoy-mtls")
 KGATEWAY_OVERLAYS = ("kgateway", "canary", "kgateway-tls")
 #: Kubernetes versions whose built-in schemas the manifests must satisfy.
 KUBERNETES_VERSIONS = ("1.30.0", "1.37.0")
