@@ -7,6 +7,7 @@ from typing import Any
 from extproc.config.snapshot import Backend, Snapshot, Tier, fallback_chain
 from extproc.core.hostport import join_host_port
 from extproc.gateway.common import (
+    EXT_PROC_BUFFER_HEADROOM,
     EXT_PROC_CANARY,
     EXT_PROC_CLUSTER,
     HTTP_PROTOCOL_OPTIONS,
@@ -36,6 +37,13 @@ def _ext_proc_cluster(
         "type": "STATIC" if all(is_ip_address(a) for a, _ in endpoints) else "STRICT_DNS",
         "connect_timeout": duration(snapshot.envoy.connect_timeout_ms),
         "lb_policy": "ROUND_ROBIN",
+        # A BUFFERED body goes to the classifier as one gRPC message on the one multiplexed
+        # connection per worker: the largest allowed body must fit under this connection's high
+        # watermark. Defence in depth beside SIDE_STREAM_FLOW_CONTROL (which alone prevents the
+        # crash; concurrent bodies can still add up past any finite limit). A cap, not an
+        # allocation; tier clusters and the listener keep Envoy's 1 MiB.
+        "per_connection_buffer_limit_bytes": snapshot.envoy.max_request_bytes
+        + EXT_PROC_BUFFER_HEADROOM,
         "typed_extension_protocol_options": {
             HTTP_PROTOCOL_OPTIONS: {
                 "@type": TYPE + HTTP_PROTOCOL_OPTIONS,

@@ -28,6 +28,22 @@ EARLY_HEADER_MUTATION = (
 )
 
 
+#: Rendered `false` in the bootstrap's static runtime layer. On (Envoy's default), ext_proc
+#: side streams pass the gRPC connection's write-buffer watermarks to every filter chain with a
+#: stream on it. A full write buffer on the shared HTTP/2 connection to the classifier (one 2 MB
+#: body, or several smaller ones at once) then runs the high-watermark callbacks of the
+#: upstream ext_proc of a fallback attempt that still waits for a backend connection, and
+#: Envoy's `UpstreamCodecFilter::onAboveWriteBufferHighWatermark` dereferences the upstream
+#: stream that does not exist yet: SIGSEGV (Envoy 1.39.3, 1.40.0). docs/envoy.md, "The 2 MB
+#: fallback crash".
+SIDE_STREAM_FLOW_CONTROL = "envoy.reloadable_features.grpc_side_stream_flow_control"
+
+
+#: Headroom above `envoy.max_request_bytes` in the classifier connection's buffer limit (gRPC
+#: framing, the headers of concurrent streams).
+EXT_PROC_BUFFER_HEADROOM = 1 << 20
+
+
 def tier_cluster(tier: Tier) -> str:
     return f"tier_{tier.name}"
 

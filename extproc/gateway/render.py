@@ -41,7 +41,7 @@ from google.protobuf import json_format
 
 from extproc.config.snapshot import Snapshot
 from extproc.gateway.clusters import ext_proc_clusters, fallback_clusters, tier_clusters
-from extproc.gateway.common import socket_address
+from extproc.gateway.common import SIDE_STREAM_FLOW_CONTROL, socket_address
 from extproc.gateway.routes import connection_manager
 
 
@@ -49,11 +49,14 @@ def bootstrap(snapshot: Snapshot) -> dict[str, Any]:
     """The whole Envoy bootstrap as plain data."""
     return {
         "admin": {"address": socket_address(snapshot.envoy.admin)},
-        # The admin layer lets `POST /runtime_modify` change runtime keys live (the classifier
-        # canary's route fraction); nothing else is set at runtime.
+        # The static layer turns ext_proc side-stream flow control off: with it on, a full
+        # write buffer to the classifier crashes Envoy 1.39/1.40 when an upstream ext_proc
+        # (fallback attempt) waits for a backend connection (SIDE_STREAM_FLOW_CONTROL). The
+        # admin layer lets `POST /runtime_modify` change runtime keys live (the classifier
+        # canary's route fraction); nothing must use it to turn that guard back on.
         "layered_runtime": {
             "layers": [
-                {"name": "static", "static_layer": {}},
+                {"name": "static", "static_layer": {SIDE_STREAM_FLOW_CONTROL: False}},
                 {"name": "admin", "admin_layer": {}},
             ]
         },

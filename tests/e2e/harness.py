@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import http.client
 import json
 import os
@@ -80,19 +81,24 @@ class Gateway:
         edit_config: Callable[[dict[str, Any], Gateway], None] | None = None,
         before_envoy: Callable[[Gateway], dict[str, Any]] | None = None,
         classifier_env: dict[str, str] | None = None,
+        edit_envoy: Callable[[dict[str, Any]], None] | None = None,
+        strict_models: bool = False,
     ) -> None:
         """`extra_backends`: more mock backends, name -> model (in `backends`);
         `edit_config(document, gateway)`: change the cascade config after the overrides;
-        `before_envoy(gateway)`: runs once the classifier is up, returns `envoy:` overrides."""
+        `before_envoy(gateway)`: runs once the classifier is up, returns `envoy:` overrides;
+        `edit_envoy(document)`: change the rendered Envoy bootstrap (tests only);
+        `strict_models`: backends answer 404 to a model they do not serve (vLLM-like)."""
         self.workdir = workdir
         self.loop = BackgroundLoop()
-        self.backends = {
-            "weak": MockBackend("weak", ["qwen3-4b"], stream_delay_ms=stream_delay_ms),
-            "strong": MockBackend("strong", ["glm-5"], stream_delay_ms=stream_delay_ms),
-        }
+        mock = functools.partial(
+            MockBackend, stream_delay_ms=stream_delay_ms, strict_models=strict_models
+        )
+        self.backends = {"weak": mock("weak", ["qwen3-4b"]), "strong": mock("strong", ["glm-5"])}
         for name, model in (extra_backends or {}).items():
-            self.backends[name] = MockBackend(name, [model], stream_delay_ms=stream_delay_ms)
+            self.backends[name] = mock(name, [model])
         self._edit_config = edit_config
+        self._edit_envoy = edit_envoy
         #: extra environment of `cascade serve` (e.g. OTEL_* variables)
         self.classifier_env: dict[str, str] = dict(classifier_env or {})
         self.processes: list[subprocess.Popen[bytes]] = []
@@ -195,7 +201,12 @@ class Gateway:
             ),
         )
         envoy_config = self.workdir / "envoy.yaml"
-        envoy_config.write_text(render_yaml(snapshot))
+        rendered = render_yaml(snapshot)
+        if self._edit_envoy is not None:
+            document = yaml.safe_load(rendered)
+            self._edit_envoy(document)
+            rendered = yaml.safe_dump(document, sort_keys=False)
+        envoy_config.write_text(rendered)
         admin_file = self.workdir / "admin.address"
         with (self.workdir / "envoy.log").open("ab") as log:
             self.envoy = subprocess.Popen(

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import yaml
+
 from extproc.config.snapshot import compile_config
+from extproc.gateway.common import SIDE_STREAM_FLOW_CONTROL
 from extproc.gateway.render import bootstrap, render_yaml, typed_bootstrap
 
 BASE = """
@@ -247,3 +250,31 @@ def test_ipv6_backend_renders_as_a_bare_address_envoy_accepts() -> None:
     endpoint = clusters["tier_weak"]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
     socket = endpoint["endpoint"]["address"]["socket_address"]
     assert socket == {"address": "::1", "port_value": 18081}
+
+
+def test_side_stream_flow_control_off_and_classifier_buffer_above_the_body_limit() -> None:
+    """The 2 MB fallback crash (docs/envoy.md): the runtime guard is off in the static layer and
+    the classifier clusters (only they) fit the largest allowed body under their watermark."""
+    text = BASE + (
+        'envoy:\n  max_request_bytes: 4194304\n  ext_proc_canary: {addresses: ["10.0.0.9:50051"],'
+        " percent: 10}\n"
+    )
+    snapshot = compile_config(text)
+    data = bootstrap(snapshot)
+    static, admin = data["layered_runtime"]["layers"]
+    assert static["static_layer"] == {SIDE_STREAM_FLOW_CONTROL: False}
+    assert "admin_layer" in admin
+    limits = {
+        c["name"]: c.get("per_connection_buffer_limit_bytes")
+        for c in data["static_resources"]["clusters"]
+    }
+    assert limits.pop("cascade_extproc") == 4194304 + 1024 * 1024
+    assert limits.pop("cascade_extproc_canary") == 4194304 + 1024 * 1024
+    assert set(limits.values()) == {None}  # tier and fallback clusters keep Envoy's 1 MiB
+    # and it survives the typed round trip into the YAML Envoy reads
+    rendered = yaml.safe_load(render_yaml(snapshot))
+    assert rendered["layered_runtime"]["layers"][0]["static_layer"] == {
+        SIDE_STREAM_FLOW_CONTROL: False
+    }
+    (ext_proc, *_) = rendered["static_resources"]["clusters"]
+    assert int(ext_proc["per_connection_buffer_limit_bytes"]) == 4194304 + 1024 * 1024
