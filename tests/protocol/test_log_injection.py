@@ -70,7 +70,11 @@ def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[int
             time.sleep(0.05)
         yield int(port_file.read_text()), stderr_path
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=15) == 0, stderr_path.read_text()
+        try:
+            code = proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            pytest.fail("no exit 15 s after SIGTERM; stderr:\n" + stderr_path.read_text())
+        assert code == 0, stderr_path.read_text()
     finally:
         if proc.poll() is None:
             proc.kill()
