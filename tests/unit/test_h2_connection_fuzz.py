@@ -38,6 +38,12 @@ class RecordingTransport(asyncio.Transport):
     def abort(self) -> None:
         self.closed = True
 
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        self.closed = True  # nothing may be written after our FIN
+
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
         pass
 

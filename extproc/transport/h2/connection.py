@@ -82,8 +82,15 @@ class H2Connection(CallOutput):
             return
         self._now = self.last_received = time.monotonic()
         self.ping_sent_at = None
+        self._in += data
+        if not self._yielding:
+            self._parse()
+
+    def _parse(self) -> None:
+        """Handle the buffered frames, at most `frames_per_turn`: then let the loop serve the
+        other connections (reading paused) and go on in a later callback."""
         buffer = self._in
-        buffer += data
+        limit = self.limits.frames_per_turn
         try:
             if not self._preface:
                 if len(buffer) < len(h2.PREFACE):
@@ -94,14 +101,31 @@ class H2Connection(CallOutput):
                     raise ProtocolError("not an HTTP/2 connection preface")
                 del buffer[: len(h2.PREFACE)]
                 self._preface = True
-            for kind, flags, stream_id, payload in h2.read_frames(buffer, h2.DEFAULT_MAX_FRAME):
+            frames = h2.read_frames(buffer, h2.DEFAULT_MAX_FRAME, limit)
+            for kind, flags, stream_id, payload in frames:
                 if self.is_closed():  # a frame before closed the connection
                     return
                 self._frame(kind, flags, stream_id, payload)
         except ProtocolError as exc:
             self.fail(exc)
             return
+        if not buffer:  # a bytearray emptied from the front keeps its memory: let it go
+            self._in = bytearray()
+        elif len(frames) >= limit and self.transport is not None:
+            self._yielding = True
+            self.transport.pause_reading()
+            asyncio.get_running_loop().call_soon(self._next_turn)
         self.flush()
+
+    def _next_turn(self) -> None:
+        self._yielding = False
+        if self._closed:
+            return
+        self._now = time.monotonic()
+        self._parse()
+        if not self._yielding and not self._write_paused and not self._closed:
+            assert self.transport is not None
+            self.transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True

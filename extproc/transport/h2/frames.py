@@ -89,12 +89,14 @@ def frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
     )
 
 
-def read_frames(buffer: bytearray, max_size: int) -> list[tuple[int, int, int, bytes]]:
-    """Take every complete frame off the front of `buffer`: (type, flags, stream, payload)."""
+def read_frames(
+    buffer: bytearray, max_size: int, limit: int = 1 << 62
+) -> list[tuple[int, int, int, bytes]]:
+    """Take the complete frames (at most `limit`) off the front of `buffer`."""
     frames: list[tuple[int, int, int, bytes]] = []
     offset = 0
     end = len(buffer)
-    while end - offset >= FRAME_HEADER:
+    while end - offset >= FRAME_HEADER and len(frames) < limit:
         length = buffer[offset] << 16 | buffer[offset + 1] << 8 | buffer[offset + 2]
         if length > max_size:
             raise ProtocolError(f"frame of {length} bytes over {max_size}", FRAME_SIZE_ERROR)

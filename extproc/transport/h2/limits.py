@@ -63,6 +63,9 @@ class H2Limits:
     max_output_bytes: int = 32 * MiB
     #: control replies (PING ACK, SETTINGS ACK) queued while the socket is not drained
     max_control_queued: int = 1000
+    #: frames handled per event-loop turn on one connection; the rest wait (reading paused)
+    #: so that one busy connection cannot hold the loop for long (fairness, not a cut-off)
+    frames_per_turn: int = 500
 
     # -- rates per connection (token buckets: per second, burst) -------------------------------
     ping_rate: float = 10.0

@@ -52,6 +52,8 @@ class CallOutput(asyncio.Protocol):
         self._buffered = 0
         self._control_queued = 0
         self._write_paused = False
+        #: frames wait in the input buffer for the next turn (connection.py)
+        self._yielding = False
         #: progress marks for the send timeout: DATA bytes sent, times writing resumed
         self.sent_bytes = 0
         self.resumes = 0
@@ -70,7 +72,7 @@ class CallOutput(asyncio.Protocol):
     def resume_writing(self) -> None:
         self._write_paused = False
         self.resumes += 1
-        if self.transport is not None and not self._closed:
+        if self.transport is not None and not self._closed and not self._yielding:
             self.transport.resume_reading()
 
     def is_closed(self) -> bool:
@@ -130,7 +132,13 @@ class CallOutput(asyncio.Protocol):
         if data:
             transport.write(data)
         if transport.get_write_buffer_size() > self.limits.write_low_water:
-            transport.abort()
+            transport.abort()  # the peer does not read: what is queued would never leave
+        elif transport.can_write_eof():
+            # FIN after the GOAWAY, and keep swallowing input until the peer closes (or `tick`
+            # aborts a second later): closing with unread input would send a RST that can
+            # destroy the GOAWAY before the peer reads it
+            transport.write_eof()
+            transport.resume_reading()
         else:
             transport.close()
 
@@ -301,6 +309,8 @@ class CallOutput(asyncio.Protocol):
             self.end(call, exc.status, exc.message)
             return
         self.buffered_changed(len(buffer) - before)
+        if not buffer:  # consumed: drop the allocation too (del from the front keeps it)
+            call.buffer = bytearray()
         try:
             if call.session is not None:
                 self._stream_messages(call, messages)
