@@ -329,21 +329,24 @@ def parse_quantity(text: str) -> int:
     return int(text)
 
 
-def memory_bound(config_text: str, config_dir: Path) -> dict[str, int]:
-    """The terms of docs/kubernetes.md's sizing, from the limits `cascade serve` would use."""
-    limits_module = pytest.importorskip(
+def memory_bound(
+    config_text: str, config_dir: Path, args: list[str] | None = None
+) -> dict[str, int]:
+    """The terms of docs/kubernetes.md's sizing, from the limits `cascade serve` would use with
+    this config and these Deployment arguments (their `--h2-limit` overrides included)."""
+    pytest.importorskip(
         "extproc.transport.h2.limits", reason="no transport limits: nothing bounds the pod"
     )
     from extproc.app.run import CascadeServer, ServeOptions
-    from extproc.transport.h2.server import H2Server
+    from extproc.cli.main import build_parser
 
     config = config_dir / "cascade.yaml"
     config.write_text(config_text)
-    server = CascadeServer(ServeOptions(config=config))
+    parsed = build_parser().parse_args(args or ["serve"])
+    overrides = dict(item.split("=", 1) for item in getattr(parsed, "h2_limit", None) or [])
+    server = CascadeServer(ServeOptions(config=config, h2_limits=overrides))
+    limits = server.transport_limits()
     body = server.store.current.server.max_body_bytes
-    message_limit = getattr(server, "_message_limit", None)
-    max_message = message_limit() if message_limit is not None else None
-    limits = H2Server({}, {}, max_message, limits_module.H2Limits()).limits
     return {
         "baseline": BASELINE,
         "output before reads stop": limits.max_connections * limits.write_high_water,
@@ -351,7 +354,8 @@ def memory_bound(config_text: str, config_dir: Path) -> dict[str, int]:
             limits.max_connections * limits.max_buffered_bytes, limits.max_buffered_total
         ),
         "connection state": limits.max_connections * PER_CONNECTION,
-        "body being classified (bytes + text)": 2 * body,
+        # the message handed to the classifier, and its decoded text (parsed up to max_body_bytes)
+        "body being classified": limits.max_message + body,
     }
 
 
@@ -367,7 +371,7 @@ def test_memory_limit_covers_the_transport_bounds(
         else True
     )
     config_text = one(objects, "ConfigMap", "cascade-config")["data"]["cascade.yaml"]
-    terms = memory_bound(config_text, tmp_path)
+    terms = memory_bound(config_text, tmp_path, main["args"])
     limit = parse_quantity(main["resources"]["limits"]["memory"])
     total = sum(terms.values())
     assert limit >= total, f"{limit / MiB:.0f} Mi < {total / MiB:.0f} Mi: {terms}"
