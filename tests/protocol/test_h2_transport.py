@@ -985,6 +985,63 @@ async def test_long_grpc_message_respects_the_peer_max_frame_size(harness: Harne
     client.send(client.headers(1, LONG_ERROR), message(1, b"x", end_stream=True))
     stream = await client.finish(1)  # the client refuses frames over 16 384 bytes
     assert stream.headers[0]["grpc-status"] == str(h2.INVALID_ARGUMENT)
+    # cut to max_status_message characters: a handler cannot make the trailers large
+    assert (
+        unquote(stream.headers[0]["grpc-message"]) == "x" * harness.server.limits.max_status_message
+    )
+
+
+async def test_streams_over_the_limit_are_refused_and_counted(limited: LimitedServer) -> None:
+    harness = await limited(H2Limits(max_concurrent_streams=2))
+    client = await harness.client()
+    assert client.server_settings[h2.MAX_CONCURRENT_STREAMS] == 2
+    client.send(client.headers(1, ECHO), client.headers(3, ECHO), client.headers(5, ECHO))
+    refused = await client.finish(5)
+    assert refused.reset == h2.REFUSED_STREAM
+    assert harness.server.stats.limit_hits["max_concurrent_streams"] == 1
+    client.send(message(1, b"still", end_stream=True))  # the two admitted ones still work
+    assert (await client.finish(1)).messages == [b"llits"]
+
+
+async def test_ping_flood_is_answered_with_calm_goaway(limited: LimitedServer) -> None:
+    harness = await limited(H2Limits(ping_burst=5, ping_rate=1))
+    client = await harness.client()
+    client.send(h2.frame(h2.PING, 0, 0, b"12345678") * 20)
+    frames = await client.until_closed()
+    assert len([f for f in frames if f.kind == h2.PING]) == 5  # the burst, then cut off
+    assert client.goaway == (0, h2.ENHANCE_YOUR_CALM)
+    assert harness.server.stats.limit_hits["ping_rate"] == 1
+
+
+async def test_header_block_over_the_limit_is_a_calm_goaway(limited: LimitedServer) -> None:
+    harness = await limited(H2Limits(max_header_block=1024))
+    client = await harness.client()
+    block = client.block(ECHO, extra=[("x-big", "v" * 2000)])
+    client.send(
+        h2.frame(h2.HEADERS, 0, 1, block[:600]), h2.frame(h2.CONTINUATION, 0, 1, block[600:])
+    )
+    await client.until_closed()
+    assert client.goaway == (0, h2.ENHANCE_YOUR_CALM)
+    assert harness.server.stats.limit_hits["max_header_block"] == 1
+
+
+async def test_idle_connection_gets_goaway(limited: LimitedServer) -> None:
+    harness = await limited(H2Limits(idle_timeout=0.2))
+    client = await harness.client()
+    await client.until_closed()  # within TIMEOUT
+    assert client.goaway == (0, h2.NO_ERROR)
+    assert harness.server.stats.limit_hits["idle_timeout"] == 1
+
+
+def test_limits_from_the_command_line() -> None:
+    limits = H2Limits().replace({"max_connections": "8", "idle_timeout": "2.5"})
+    assert (limits.max_connections, limits.idle_timeout) == (8, 2.5)
+    with pytest.raises(ValueError, match="unknown h2 limit"):
+        H2Limits().replace({"max_conections": "8"})
+    with pytest.raises(ValueError, match="needs a number"):
+        H2Limits().replace({"max_connections": "many"})
+    with pytest.raises(ValueError, match="positive"):
+        H2Limits().replace({"send_timeout": "0"})
 
 
 # -- interop with grpcio -----------------------------------------------------------------------

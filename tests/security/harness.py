@@ -258,6 +258,24 @@ class Attacker:
         flags = h2.END_HEADERS | (h2.END_STREAM if end_stream else 0)
         return h2.frame(h2.HEADERS, flags, stream_id, block)
 
+    async def cut_off_without_reading(self, timeout: float) -> bool:
+        """Still not reading, whether the server has closed the connection within `timeout`:
+        a small PRIORITY frame (ignored by servers) every 20 ms fails once it has."""
+        priority = h2.frame(h2.PRIORITY, 0, 1, b"\x00\x00\x00\x00\x10")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.writer.is_closing():
+                return True
+            try:
+                self.writer.write(priority)
+                await asyncio.wait_for(self.writer.drain(), 0.02)
+            except TimeoutError:
+                continue
+            except ConnectionError:
+                return True
+            await asyncio.sleep(0.02)
+        return self.writer.is_closing()
+
     async def closed_within(self, timeout: float) -> bool:
         """Read (and drop) until the server closes; False if it is still open at `timeout`."""
         deadline = time.monotonic() + timeout

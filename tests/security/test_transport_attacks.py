@@ -141,7 +141,7 @@ async def test_client_that_never_reads_is_cut_off(
             sent += 200
             if not await attacker.drained(0.2) and attacker.writer.is_closing():
                 break  # cut off
-        closed = await attacker.closed_within(5)
+        closed = await attacker.cut_off_without_reading(4)
         attacker.close()
         return closed, sent
 
