@@ -11,6 +11,7 @@ from extproc.cli.tuning_common import (
     config_label,
     cost_model,
     print_json,
+    quality_spec,
     read_all,
     source_label,
     version_or_exit,
@@ -37,6 +38,9 @@ def run_eval(args: argparse.Namespace) -> int:
         by=args.by if args.by is not None else ["source", "lang"],
         weight_field=args.weight,
         config_label=config_label(args.config),
+        quality=quality_spec(args),
+        max_misroute=args.max_misroute,
+        weak_share=args.weak_share,
     )
     records = read_all(args.data, stats)
     if args.limit is not None:

@@ -42,6 +42,26 @@ def _band(text: str) -> tuple[float, float]:
     return band
 
 
+def _quality(text: str) -> Any:
+    from extproc.tuning.quality import parse_quality_spec
+
+    try:
+        return parse_quality_spec(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _add_quality(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--quality-field",
+        type=_quality,
+        metavar="SPEC",
+        help="where per-tier quality is: TIER=FIELD,... (weak/strong name the cheapest/top "
+        "tier; FIELD under evidence or a dotted path), or a pattern like evidence.{tier}_score; "
+        "booleans or graded numbers (default: evidence.<tier>_correct)",
+    )
+
+
 def _langs(text: str) -> frozenset[str]:
     return frozenset(part.strip() for part in text.split(",") if part.strip())
 
@@ -96,6 +116,16 @@ def _register_eval(sub: Any) -> None:
     )
     ev.add_argument(
         "--weight", metavar="FIELD", help="weight records by this field (sheets: weight)"
+    )
+    _add_quality(ev)
+    ev.add_argument(
+        "--max-misroute",
+        type=_fraction,
+        metavar="X",
+        help="an SLO to check: misroute ceiling (with --weak-share: is it reachable at all?)",
+    )
+    ev.add_argument(
+        "--weak-share", type=_band, metavar="LO:HI", help="an SLO to check: weak-share band"
     )
     _add_costs(ev)
     ev.add_argument(

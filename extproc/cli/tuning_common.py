@@ -14,6 +14,7 @@ from extproc.config.snapshot import Snapshot
 from extproc.tuning.dataset import ReadStats, Record, read_records
 from extproc.tuning.document import Block, write_report
 from extproc.tuning.metrics import CostModel
+from extproc.tuning.quality import DEFAULT_QUALITY, QualitySpec
 
 
 def config_label(path: Path | None) -> str:
@@ -36,6 +37,12 @@ def read_all(paths: Sequence[str], stats: ReadStats) -> Iterator[Record]:
 def cost_model(snapshot: Snapshot, args: argparse.Namespace) -> CostModel:
     prices = {tier.name: tier.price for tier in snapshot.tiers}
     return CostModel(prices, args.output_tokens, args.tokens_per_second)
+
+
+def quality_spec(args: argparse.Namespace) -> QualitySpec:
+    """Where per-tier quality is read from: `--quality-field`, else the default."""
+    spec = getattr(args, "quality_field", None)
+    return spec if isinstance(spec, QualitySpec) else DEFAULT_QUALITY
 
 
 def version_or_exit(snapshot: Snapshot, version: str | None) -> str:

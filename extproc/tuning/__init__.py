@@ -8,11 +8,17 @@ nothing imports gRPC or telemetry. The `cascade eval|sample|candidates|tune` com
 |---|---|
 | `dataset` | streaming reader of labelled JSONL, decision logs and CSV labelling sheets |
 | `lang` | script detection, candidate terms per language, stop words |
-| `metrics` | weighted confusion tallies, costs, quality and PGR, baselines |
+| `quality` | per-tier quality from `evidence`: booleans or graded scores, field names configurable |
+| `costs` | the cost of a request on each tier from prices and token counts |
+| `metrics` | weighted confusion tallies, quality and PGR, per-tier misroutes, baselines, the oracle |
+| `curve` | cost-quality curves as RouteLLM defines them: PGR at a share, CPT(x), APGR, oracle |
 | `evaluate` | one pass over a data set for several versions; breakdowns; threshold sweep |
+| `evalcurves` | the evaluation's curves (versions, families, baselines) and SLO check |
 | `svg` | the two plots (confusion matrix, strong share vs quality), as self-made SVG |
 | `document` | the report document model; terminal, Markdown and HTML renderings |
-| `report` | number formats, the evaluation report's blocks, and its JSON |
+| `formats` | number formats of the reports |
+| `report` | the evaluation report's blocks, and its JSON |
+| `report_curve` | its quality sections: the curve table and plot, the always-weak mark, SLO |
 | `sample` | stratified, seeded samples of traces for labelling |
 | `sheet` | labelling sheets (CSV): writing a sample, reading labels back |
 | `candidates` | keyword candidates mined from false negatives; keywords that do not pay off |

@@ -9,23 +9,26 @@ record that no rule but the length rule would send to the target tier.
 from __future__ import annotations
 
 import bisect
+import math
 import time
 from array import array
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from extproc.config.snapshot import Classifier, RuleKind, Snapshot, TextScope
 from extproc.core.classify import classify, select_text
+from extproc.tuning.curve import Curve, CurveMetrics, decision_point, joined_curve, score_curve
 from extproc.tuning.dataset import ReadStats, Record
+from extproc.tuning.evalcurves import CurveCollector, SloCheck, slo_check
 from extproc.tuning.lang import detect_lang
 from extproc.tuning.metrics import (
     CostModel,
     Metrics,
     Tally,
     baselines,
-    correctness,
     metrics_from_tally,
 )
+from extproc.tuning.quality import DEFAULT_QUALITY, QualityReader, QualitySpec
 from extproc.tuning.variants import binary_shape, compile_variant, is_enabled, version_spec
 
 LOGGED = "logged"
@@ -71,6 +74,12 @@ class EvalResult:
     notes: list[str]
     weighted: bool
     seconds: float = 0.0
+    #: cost-quality curves: every version (a point), its family and score sweep, the baselines
+    curves: list[CurveMetrics] = field(default_factory=list)
+    curve_lines: list[Curve] = field(default_factory=list)
+    slo: SloCheck | None = None
+    quality_fields: str = "evidence.<tier>_correct"
+    graded: bool = False
 
 
 class _SweepData:
@@ -89,6 +98,8 @@ class _SweepData:
         self.fixed = [0.0, 0.0, 0.0, 0.0]  # weight, delta misroute, cost, quality (other rules)
         self.chars: array[int] = array("q")
         self.rest: list[array[float]] = [array("d") for _ in range(4)]
+        # the family curve, over the records with quality: (score, weight, gain of target)
+        self.family: list[tuple[float, float, float]] = []
 
     def add(
         self,
@@ -96,7 +107,7 @@ class _SweepData:
         weight: float,
         label: str | None,
         costs: dict[str, float],
-        correct: dict[str, bool] | None,
+        correct: dict[str, float] | None,
     ) -> None:
         assert record.chat is not None
         decision = classify(record.chat, self.other)
@@ -115,6 +126,9 @@ class _SweepData:
             self.base[2] += weight * correct[self.default]
             d_q = weight * (correct[self.target] - correct[self.default])
         values = (weight, d_mis, d_cost, d_q)
+        if correct is not None and weight > 0:
+            up = decision.tier == self.target
+            self.family.append((math.inf if up else decision.chars, weight, d_q / weight))
         if decision.tier == self.target:
             for index, value in enumerate(values):
                 self.fixed[index] += value
@@ -155,6 +169,23 @@ class _SweepData:
             else None,
         )
 
+    def family_curve(self, tiers: tuple[str, ...]) -> Curve | None:
+        """The version with its length rule swept, as PGR against strong share."""
+        if self.target != tiers[-1] or self.default != tiers[0] or not self.family:
+            return None
+        scores = [score for score, _w, _g in self.family]
+        weights = [w for _s, w, _g in self.family]
+        gains = [g for _s, _w, g in self.family]
+        current = math.inf if self.current is None else self.current
+        ups = [math.isinf(score) or score > current for score in scores]
+        name = f"{self.version} family"
+        point = decision_point(ups, [0.0] * len(gains), gains, weights)
+        curve = score_curve(scores, [0.0] * len(gains), gains, weights, name)
+        if curve is None or point is None:
+            return None
+        points = [p for p in curve.points if p.share > 0 or not math.isinf(max(scores))]
+        return joined_curve(name, points, point.operating)
+
 
 def _sweep_for(snapshot: Snapshot, version: str) -> _SweepData | None:
     classifier = snapshot.classifiers[version]
@@ -186,6 +217,10 @@ class Evaluator:
         weight_field: str | None = None,
         sweep: bool = True,
         config_label: str = "",
+        quality: QualitySpec = DEFAULT_QUALITY,
+        max_misroute: float | None = None,
+        weak_share: tuple[float, float] | None = None,
+        curves: bool = True,
     ) -> None:
         self.snapshot = snapshot
         self.config_label = config_label or snapshot.source
@@ -201,6 +236,9 @@ class Evaluator:
         self.unknown_labels: dict[str, int] = {}
         self.no_text = 0
         self.estimated_in = self.assumed_out = False
+        self.quality = QualityReader(self.tiers, quality)
+        self.slo = (max_misroute, weak_share)
+        self.collector = CurveCollector(self.tiers, self.versions) if curves else None
 
     def add(self, record: Record) -> None:
         if record.get("kind") == "feedback":
@@ -215,7 +253,7 @@ class Evaluator:
         costs = self.cost_model.costs(record)
         self.estimated_in |= record.tokens_in is None
         self.assumed_out |= record.tokens_out is None
-        correct = correctness(record, self.tiers)
+        correct = self.quality(record)
         decided: list[tuple[str, str]] = []
         logged = record.logged_tier
         if logged in self.tiers:
@@ -223,10 +261,16 @@ class Evaluator:
         if record.chat is None:
             self.no_text += 1
         else:
+            scores: list[float | None] = []
             for version, classifier in zip(self.versions, self.classifiers, strict=True):
-                decided.append((version, classify(record.chat, classifier).tier))
+                decision = classify(record.chat, classifier)
+                decided.append((version, decision.tier))
+                scores.append(getattr(decision, "score", None))
             for data in self.sweeps:
                 data.add(record, weight, label, costs, correct)
+            if self.collector is not None and correct is not None:
+                tiers = [tier for name, tier in decided if name != LOGGED]
+                self.collector.add(weight, correct, tiers, scores)
         segments = [(f, self._segment(record, f)) for f in self.by] if decided else []
         for name, tier in decided:
             self._tally(self.tallies, name).add(tier, label, weight, costs, correct)
@@ -263,6 +307,15 @@ class Evaluator:
         notes = self.cost_model.notes(self.estimated_in, self.assumed_out)
         if self.weight_field:
             notes.append(f"records weighted by their '{self.weight_field}' field")
+        sweeps = [s for s in self.sweeps if s.total]
+        curves: list[CurveMetrics] = []
+        lines: list[Curve] = []
+        if self.collector is not None:
+            families = [f for s in sweeps if (f := s.family_curve(self.tiers)) is not None]
+            curves, lines = self.collector.result(families)
+        slo = None
+        if names and (self.slo[0] is not None or self.slo[1] is not None):
+            slo = slo_check(self.tiers, overall, *self.slo)
         return EvalResult(
             source=source,
             config=self.config_label,
@@ -271,13 +324,18 @@ class Evaluator:
             overall=overall,
             baselines=base,
             breakdowns=breakdowns,
-            sweeps={s.version: s.sweep(priced) for s in self.sweeps if s.total},
+            sweeps={s.version: s.sweep(priced) for s in sweeps},
             read=read,
             unknown_labels=dict(self.unknown_labels),
             no_text=self.no_text,
             notes=notes,
             weighted=bool(self.weight_field),
             seconds=time.perf_counter() - started if started is not None else 0.0,
+            curves=curves,
+            curve_lines=lines,
+            slo=slo,
+            quality_fields=self.quality.spec.describe(),
+            graded=self.quality.graded,
         )
 
     def _breakdown(

@@ -16,108 +16,45 @@ Conventions (as in `../shared/data/README.md`, generalised to any number of tier
 - Baselines: "always <tier>", and "random@<version>", a router that picks tiers at random with the
   version's tier shares (its expected figures; its PGR equals its strong share).
 
-Cost of a request on a tier: `input_per_mtok * tokens_in / 1e6 + output_per_mtok * tokens_out
-/ 1e6 + per_hour / 3600 * tokens_out / tokens_per_second`. Token counts come from the record
-(`tokens_in`/`tokens_out`, or `usage.prompt_tokens`/`usage.completion_tokens`) when present, else
-`tokens_in` is estimated from the text (`estimate_tokens`) and `tokens_out` is an assumed
-`output_tokens` (default 256). A record's logged tokens are reused for every tier (an
-approximation: another model would answer at another length). `per_hour` prices (reserved
-capacity) need a throughput: `tokens_per_second` output tokens per second at full use (default
-1,000); both assumptions are printed with every cost figure that depends on them.
+Costs: `costs.CostModel` (re-exported here).
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from extproc.config.snapshot import Price
+from extproc.tuning.costs import (
+    DEFAULT_OUTPUT_TOKENS,
+    DEFAULT_TOKENS_PER_SECOND,
+    CostModel,
+    estimate_tokens,
+)
 from extproc.tuning.dataset import Record
 
-DEFAULT_OUTPUT_TOKENS = 256
-DEFAULT_TOKENS_PER_SECOND = 1000.0
-
-
-def estimate_tokens(texts: Iterable[str]) -> int:
-    """Input tokens of some texts: 4 ASCII characters per token, 1 token per other character.
-
-    Close to what current BPE tokenizers give for English prose and code (~4 characters per
-    token) and for Korean, Chinese and Japanese (~1 token per character), and never zero.
-    """
-    ascii_chars = other = 0
-    for text in texts:
-        size = len(text)
-        if text.isascii():
-            ascii_chars += size
-        else:
-            wide = sum(1 for ch in text if ord(ch) > 127)
-            other += wide
-            ascii_chars += size - wide
-    return max(1, math.ceil(ascii_chars / 4) + other)
-
-
-@dataclass(frozen=True, slots=True)
-class CostModel:
-    """Tier prices plus the two assumptions needed when records lack token counts."""
-
-    prices: Mapping[str, Price]
-    output_tokens: float = DEFAULT_OUTPUT_TOKENS
-    tokens_per_second: float = DEFAULT_TOKENS_PER_SECOND
-
-    @property
-    def priced(self) -> bool:
-        return any(
-            p.input_per_mtok or p.output_per_mtok or p.per_hour for p in self.prices.values()
-        )
-
-    @property
-    def per_hour(self) -> bool:
-        return any(p.per_hour for p in self.prices.values())
-
-    def costs(self, record: Record) -> dict[str, float]:
-        """The cost of this request on every tier."""
-        tokens_in = record.tokens_in
-        if tokens_in is None:
-            if record.chat is not None:
-                tokens_in = estimate_tokens(text for _role, text in record.chat.messages)
-            else:
-                tokens_in = math.ceil((record.number("chars") or 0) / 4)
-        tokens_out = record.tokens_out
-        if tokens_out is None:
-            tokens_out = self.output_tokens
-        return {
-            tier: price.input_per_mtok * tokens_in / 1e6
-            + price.output_per_mtok * tokens_out / 1e6
-            + price.per_hour / 3600 * tokens_out / self.tokens_per_second
-            for tier, price in self.prices.items()
-        }
-
-    def notes(self, estimated_in: bool, assumed_out: bool) -> list[str]:
-        """The assumptions behind the cost figures, for reports."""
-        if not self.priced:
-            return ["no tier has a price in the config: costs are not computed"]
-        notes = []
-        if estimated_in:
-            notes.append(
-                "input tokens estimated from text (4 ASCII characters or 1 other character "
-                "per token) where records carry no token counts"
-            )
-        if assumed_out:
-            notes.append(
-                f"output tokens assumed {self.output_tokens:g} per request where records "
-                "carry none (--output-tokens)"
-            )
-        if self.per_hour:
-            notes.append(
-                f"per_hour prices assume {self.tokens_per_second:g} output tokens/s per tier "
-                "at full use (--tokens-per-second)"
-            )
-        return notes
+__all__ = [
+    "DEFAULT_OUTPUT_TOKENS",
+    "DEFAULT_TOKENS_PER_SECOND",
+    "ORACLE",
+    "CostModel",
+    "Metrics",
+    "Tally",
+    "TierFigures",
+    "baselines",
+    "correctness",
+    "estimate_tokens",
+    "expected_metrics",
+    "metrics_from_tally",
+    "misroute_floor",
+    "oracle_metrics",
+]
 
 
 def correctness(record: Record, tiers: tuple[str, ...]) -> dict[str, bool] | None:
-    """Per-tier correctness from `evidence`, or None unless every tier has a value."""
+    """Per-tier correctness from boolean `evidence`, or None unless every tier has a value.
+
+    Graded scores, and other field names, are read by `quality.QualityReader`.
+    """
     result: dict[str, bool] = {}
     for rank, tier in enumerate(tiers):
         names = [f"evidence.{tier}_correct"]
@@ -152,6 +89,12 @@ class Tally:
     # per tier, over the same records: what routing everything to that tier would give
     cost_all: dict[str, float] = field(default_factory=dict)
     quality_all: dict[str, float] = field(default_factory=dict)
+    # weight of the records with quality, per decided tier
+    quality_decided: dict[str, float] = field(default_factory=dict)
+    # the oracle (every labelled record on its label's tier): cost, and quality where known
+    oracle_cost: float = 0.0
+    oracle_quality: float = 0.0
+    oracle_quality_records: float = 0.0
 
     def add(
         self,
@@ -159,8 +102,9 @@ class Tally:
         label: str | None,
         weight: float,
         costs: Mapping[str, float],
-        correct: Mapping[str, bool] | None,
+        correct: Mapping[str, float] | None,
     ) -> None:
+        """One decided record; `correct` is each tier's quality on it (booleans count 1/0)."""
         self.records += weight
         self.count += 1
         self.decided[tier] = self.decided.get(tier, 0.0) + weight
@@ -172,11 +116,16 @@ class Tally:
             self.labels[label] = self.labels.get(label, 0.0) + weight
             key = (label, tier)
             self.confusion[key] = self.confusion.get(key, 0.0) + weight
+            self.oracle_cost += weight * costs.get(label, 0.0)
         if correct is not None:
             self.quality_records += weight
             self.quality += weight * correct[tier]
+            self.quality_decided[tier] = self.quality_decided.get(tier, 0.0) + weight
             for name, ok in correct.items():
                 self.quality_all[name] = self.quality_all.get(name, 0.0) + weight * ok
+            if label is not None:
+                self.oracle_quality_records += weight
+                self.oracle_quality += weight * correct[label]
 
     def merge(self, other: Tally) -> None:
         self.records += other.records
@@ -185,11 +134,15 @@ class Tally:
         self.labelled += other.labelled
         self.quality_records += other.quality_records
         self.quality += other.quality
+        self.oracle_cost += other.oracle_cost
+        self.oracle_quality += other.oracle_quality
+        self.oracle_quality_records += other.oracle_quality_records
         for mine, theirs in (
             (self.decided, other.decided),
             (self.labels, other.labels),
             (self.cost_all, other.cost_all),
             (self.quality_all, other.quality_all),
+            (self.quality_decided, other.quality_decided),
         ):
             for key, value in theirs.items():
                 mine[key] = mine.get(key, 0.0) + value
@@ -229,6 +182,42 @@ class Metrics:
     @property
     def strong_share(self) -> float | None:
         return self.shares.get(self.tiers[-1]) if self.records else None
+
+    def per_tier(self) -> dict[str, TierFigures]:
+        """For each label tier: its records, and the shares of them routed right, lower, higher."""
+        found = {}
+        for rank, label in enumerate(self.tiers):
+            row = self.confusion.get(label, {})
+            total = sum(row.values())
+            under = sum(v for t, v in row.items() if self.tiers.index(t) < rank)
+            over = sum(v for t, v in row.items() if self.tiers.index(t) > rank)
+            found[label] = TierFigures(
+                label,
+                total,
+                _ratio(under + over, total),
+                _ratio(under, total),
+                _ratio(over, total),
+            )
+        return found
+
+    def loses_to(self, baseline: Metrics) -> bool:
+        """Misroutes more than the baseline (e.g. always-weak) on the same records."""
+        return (
+            self.misroute is not None
+            and baseline.misroute is not None
+            and self.misroute > baseline.misroute + 1e-12
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TierFigures:
+    """Misroutes of the records labelled with one tier (the cheapest sufficient one)."""
+
+    tier: str
+    labelled: float
+    misroute: float | None
+    under: float | None  # sent to a cheaper tier than the label
+    over: float | None  # sent to a more expensive tier than the label
 
 
 def _ratio(num: float, den: float) -> float | None:
@@ -275,7 +264,38 @@ def baselines(tally: Tally, priced: bool, versions: Mapping[str, Metrics]) -> di
     for version, metrics in versions.items():
         name = f"random@{version}"
         found[name] = expected_metrics(name, tally, metrics.shares, priced)
+    if tally.labelled:
+        found[ORACLE] = oracle_metrics(tally, priced)
     return found
+
+
+ORACLE = "oracle"
+
+
+def oracle_metrics(tally: Tally, priced: bool) -> Metrics:
+    """Every labelled record on its label's tier: no misroute, the labels' quality and cost."""
+    confusion = {(label, label): count for label, count in tally.labels.items()}
+    shares = {t: tally.labels.get(t, 0.0) / tally.labelled for t in tally.tiers}
+    cost = tally.oracle_cost / tally.labelled * 1000 if priced else None
+    quality = _ratio(tally.oracle_quality, tally.oracle_quality_records)
+    return _build(ORACLE, tally, confusion=confusion, shares=shares, cost=cost, quality=quality)
+
+
+def misroute_floor(
+    labels: Mapping[str, float], tiers: tuple[str, ...], weak_share: tuple[float, float]
+) -> float | None:
+    """The oracle's best misroute when the cheapest tier's share must lie in `weak_share`.
+
+    Within the band the oracle routes every record to its label, except that it must move the
+    records by which the label's own weak share falls outside the band: each moved record is a
+    misroute, so the floor is the distance from the weak label share to the band.
+    """
+    total = sum(labels.values())
+    if not total:
+        return None
+    weak = labels.get(tiers[0], 0.0) / total
+    low, high = weak_share
+    return max(0.0, low - weak, weak - high)
 
 
 def _build(

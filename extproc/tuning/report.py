@@ -10,33 +10,29 @@ from typing import Any
 
 from extproc.tuning.document import Block, Figure, Heading, Para, Table
 from extproc.tuning.evaluate import EvalResult, Sweep, SweepPoint
+from extproc.tuning.formats import count, money, pct, ratio
 from extproc.tuning.metrics import Metrics
+from extproc.tuning.report_curve import (
+    LOSES_MARK,
+    curve_blocks,
+    curves_json,
+    losers,
+    loses_note,
+    slo_blocks,
+    tier_table,
+)
 from extproc.tuning.svg import Axes, Series, confusion_svg, curve_svg
 
-# ---------------------------------------------------------------------------------------------
-# number formats
-
-
-def pct(value: float | None) -> str:
-    return "—" if value is None else f"{100 * value:.1f} %"
-
-
-def count(value: float) -> str:
-    return f"{value:,.0f}" if abs(value - round(value)) < 1e-9 else f"{value:,.1f}"
-
-
-def ratio(value: float | None) -> str:
-    return "—" if value is None else f"{value:.3f}"
-
-
-def money(value: float | None) -> str:
-    """Dollars to three significant digits: $0.0671, $0.922, $1.10, $12.3, $1,234."""
-    if value is None:
-        return "—"
-    if round(value, 1) >= 100:
-        return f"${value:,.0f}"
-    return f"${value:#.3g}"
-
+__all__ = [
+    "count",
+    "eval_blocks",
+    "eval_json",
+    "metrics_blocks",
+    "metrics_table",
+    "money",
+    "pct",
+    "ratio",
+]
 
 # ---------------------------------------------------------------------------------------------
 # the evaluation report
@@ -73,6 +69,8 @@ def _share_of(tier: str) -> Callable[[Metrics], str]:
 
 
 def metrics_table(columns: Sequence[Metrics], tiers: Sequence[str]) -> Table:
+    """The figures side by side; a version misrouting more than always-weak is marked `!`."""
+    lost = losers(columns, tiers)
     rows = []
     for label, get in metric_rows(tiers):
         cells = [get(m) for m in columns]
@@ -81,7 +79,13 @@ def metrics_table(columns: Sequence[Metrics], tiers: Sequence[str]) -> Table:
         if label == "labelled" and all(m.labelled == m.records for m in columns):
             continue
         rows.append([label, *cells])
-    return Table(["", *(m.name for m in columns)], rows)
+    names = [m.name + (LOSES_MARK if m.name in lost else "") for m in columns]
+    return Table(["", *names], rows)
+
+
+def metrics_blocks(columns: Sequence[Metrics], tiers: Sequence[str]) -> list[Block]:
+    """The figures table and, when a version loses to always-weak, the note saying so."""
+    return [metrics_table(columns, tiers), *loses_note(losers(columns, tiers), tiers)]
 
 
 def confusion_table(metrics: Metrics) -> Table:
@@ -98,8 +102,18 @@ def eval_blocks(result: EvalResult) -> list[Block]:
         blocks.append(Para("No record could be decided: nothing to report."))
         return blocks
     columns = [result.overall[p] for p in result.predictors] + list(result.baselines.values())
-    blocks += [Heading("Figures"), metrics_table(columns, tiers)]
+    blocks += [Heading("Figures"), *metrics_blocks(columns, tiers)]
     blocks += [Para(f"Note: {note}.") for note in result.notes]
+    if result.graded:
+        blocks.append(Para(f"Quality: graded scores from {result.quality_fields}."))
+    blocks += slo_blocks(result.slo, tiers)
+    labelled = [result.overall[p] for p in result.predictors if result.overall[p].labelled]
+    if labelled:
+        blocks += [
+            Heading("Misroutes per label tier (share of the records labelled with it)"),
+            tier_table(labelled, tiers),
+        ]
+    blocks += curve_blocks(result.curves, result.curve_lines, tiers)
     blocks.append(Heading("Confusion matrices (rows: label, columns: decision)"))
     for name in result.predictors:
         metrics = result.overall[name]
@@ -263,15 +277,20 @@ def sweep_figure(result: EvalResult, sweeps: Sequence[Sweep], name: str = "sweep
 # JSON
 
 
-def metrics_json(metrics: Metrics) -> dict[str, Any]:
+def metrics_json(metrics: Metrics, loses_to_weak: bool | None = None) -> dict[str, Any]:
     data = dataclasses.asdict(metrics)
     data["tiers"] = list(metrics.tiers)
     data["weak_share"] = metrics.weak_share
     data["strong_share"] = metrics.strong_share
+    data["per_tier"] = {t: dataclasses.asdict(f) for t, f in metrics.per_tier().items()}
+    if loses_to_weak is not None:
+        data["loses_to_always_weak"] = loses_to_weak
     return data
 
 
 def eval_json(result: EvalResult) -> dict[str, Any]:
+    columns = [result.overall[p] for p in result.predictors] + list(result.baselines.values())
+    lost = losers(columns, result.tiers)
     return {
         "source": result.source,
         "config": result.config,
@@ -282,7 +301,7 @@ def eval_json(result: EvalResult) -> dict[str, Any]:
         "weighted": result.weighted,
         "notes": result.notes,
         "seconds": round(result.seconds, 3),
-        "predictors": {n: metrics_json(result.overall[n]) for n in result.predictors},
+        "predictors": {n: metrics_json(result.overall[n], n in lost) for n in result.predictors},
         "baselines": {n: metrics_json(m) for n, m in result.baselines.items()},
         "breakdowns": {
             f: [
@@ -299,4 +318,8 @@ def eval_json(result: EvalResult) -> dict[str, Any]:
             }
             for v, s in result.sweeps.items()
         },
+        "quality_fields": result.quality_fields,
+        "graded_quality": result.graded,
+        "curves": curves_json(result.curves, result.curve_lines),
+        "slo": dataclasses.asdict(result.slo) if result.slo else None,
     }

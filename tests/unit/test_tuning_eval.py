@@ -72,7 +72,13 @@ def test_two_versions_side_by_side(priced: Snapshot) -> None:
     assert v1.quality == pytest.approx(4 / 5)
     v2 = result.overall["v2"]  # chars > 5 only
     assert v2.confusion["strong"] == {"weak": 0, "strong": 3}
-    assert set(result.baselines) == {"always-weak", "always-strong", "random@v1", "random@v2"}
+    assert set(result.baselines) == {
+        "always-weak",
+        "always-strong",
+        "random@v1",
+        "random@v2",
+        "oracle",
+    }
     assert result.baselines["always-weak"].misroute == pytest.approx(3 / 5)
 
 
@@ -170,11 +176,12 @@ def test_reports_render_in_every_format(priced: Snapshot, tmp_path: Path) -> Non
         "report-confusion-v1.svg",
         "report-confusion-v2.svg",
         "report-sweep.svg",
+        "report-curve.svg",
     }
     for svg in figures.values():
         ET.fromstring(svg)  # well-formed XML
     html = render_html(blocks, "eval")
-    assert html.count("<svg") == 3
+    assert html.count("<svg") == 4
     ET.fromstring(html.split("<figure>")[1].split("</figure>")[0])
     data = eval_json(result)
     assert orjson.loads(orjson.dumps(data))["predictors"]["v1"]["misroute"] == pytest.approx(
