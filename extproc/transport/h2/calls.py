@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import quote
 
 from extproc.transport.h2 import frames as h2
+from extproc.transport.h2.limits import H2Limits, H2Stats
 
 Metadata = dict[str, str]
 
@@ -23,6 +24,24 @@ class Session(Protocol):
 
 StreamMethod = Callable[[Metadata], Session]
 UnaryMethod = Callable[[bytes, Metadata], "bytes | Awaitable[bytes]"]
+
+
+class Listener(Protocol):
+    """What a connection needs of its server (`H2Server`), without importing it."""
+
+    limits: H2Limits
+    stats: H2Stats
+    streams: dict[str, StreamMethod]
+    unary: dict[str, UnaryMethod]
+
+    def connection_opened(self, connection: Any) -> None: ...
+
+    def connection_closed(self, connection: Any) -> None: ...
+
+    def idle_changed(self) -> None: ...
+
+    def log_failure(self, code: int, message: str, limit: str) -> None: ...
+
 
 RESPONSE_HEADERS = h2.encode_headers(((":status", "200"), ("content-type", "application/grpc")))
 OK_TRAILERS = h2.encode_headers((("grpc-status", "0"),))

@@ -13,26 +13,23 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 from hpack import Decoder
 from hpack.exceptions import HPACKError, OversizedHeaderListError
 
 from extproc.transport.h2 import frames as h2
-from extproc.transport.h2.calls import UNKNOWN_METHOD, Call, Metadata
+from extproc.transport.h2.calls import UNKNOWN_METHOD, Call, Listener, Metadata
 from extproc.transport.h2.frames import GrpcError, ProtocolError
 from extproc.transport.h2.limits import TokenBucket
 from extproc.transport.h2.output import CallOutput, logger
-
-if TYPE_CHECKING:
-    from extproc.transport.h2.server import H2Server
 
 #: opaque data of the server's keep-alive PING
 KEEPALIVE = b"cascade\x00"
 
 
 class H2Connection(CallOutput):
-    def __init__(self, server: H2Server) -> None:
+    def __init__(self, server: Listener) -> None:
         super().__init__(server)
         limits = self.limits
         now = time.monotonic()

@@ -19,20 +19,22 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING
 
 from extproc.transport.h2 import frames as h2
-from extproc.transport.h2.calls import OK_TRAILERS, RESPONSE_HEADERS, Call, status_trailers
+from extproc.transport.h2.calls import (
+    OK_TRAILERS,
+    RESPONSE_HEADERS,
+    Call,
+    Listener,
+    status_trailers,
+)
 from extproc.transport.h2.frames import GrpcError, ProtocolError
-
-if TYPE_CHECKING:
-    from extproc.transport.h2.server import H2Server
 
 logger = logging.getLogger("extproc.transport.h2")
 
 
 class CallOutput(asyncio.Protocol):
-    def __init__(self, server: H2Server) -> None:
+    def __init__(self, server: Listener) -> None:
         self.server = server
         self.limits = server.limits
         self.stats = server.stats
