@@ -55,6 +55,8 @@ class ServeOptions:
     reload_interval: float = 1.0
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    #: PEM CA bundle: require a client certificate it signed (mutual TLS with Envoy)
+    tls_client_ca: Path | None = None
     extra_services: list[object] = field(default_factory=list)
     #: Prometheus `/metrics` address (port 0 = any free port); None = no endpoint
     metrics_listen: str | None = None
@@ -153,7 +155,7 @@ class CascadeServer:
         host, port = parse_listen(options.listen)
         context = None
         if options.tls_cert and options.tls_key:
-            context = tls_context(options.tls_cert, options.tls_key)
+            context = tls_context(options.tls_cert, options.tls_key, options.tls_client_ca)
         return await self._h2.start(host, port, context)
 
     def _health_check(self, raw: bytes, metadata: dict[str, str]) -> bytes:
@@ -176,8 +178,11 @@ class CascadeServer:
         add_to_server(self.api, server)
         options = self.options
         if options.tls_cert and options.tls_key:
+            client_ca = options.tls_client_ca
             credentials = grpc.ssl_server_credentials(
-                [(options.tls_key.read_bytes(), options.tls_cert.read_bytes())]
+                [(options.tls_key.read_bytes(), options.tls_cert.read_bytes())],
+                root_certificates=client_ca.read_bytes() if client_ca else None,
+                require_client_auth=client_ca is not None,
             )
             port: int = server.add_secure_port(options.listen, credentials)
         else:

@@ -61,6 +61,11 @@ def register(sub: Any) -> None:
     parser.add_argument("--tls-cert", type=Path, help="PEM certificate: serve gRPC over TLS")
     parser.add_argument("--tls-key", type=Path, help="PEM private key for --tls-cert")
     parser.add_argument(
+        "--tls-client-ca",
+        type=Path,
+        help="PEM CA bundle: require client certificates it signed (mutual TLS; needs --tls-cert)",
+    )
+    parser.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
     )
     parser.add_argument(
@@ -80,6 +85,9 @@ def run_serve(args: argparse.Namespace) -> int:
     configure_logging(args.log_level, args.log_format)
     if bool(args.tls_cert) != bool(args.tls_key):
         print("cascade: --tls-cert and --tls-key go together", file=sys.stderr)
+        return 2
+    if args.tls_client_ca is not None and not args.tls_cert:
+        print("cascade: --tls-client-ca needs --tls-cert and --tls-key", file=sys.stderr)
         return 2
     try:
         h2_limits = dict(item.split("=", 1) for item in args.h2_limit)
@@ -103,6 +111,7 @@ def run_serve(args: argparse.Namespace) -> int:
         reload_interval=args.reload_interval,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
         metrics_listen=None if args.metrics_listen == "off" else args.metrics_listen,
         transport=args.transport,
         h2_limits=h2_limits,

@@ -14,7 +14,6 @@ import pytest
 import yaml
 from google.protobuf import json_format
 
-from extproc.cli.main import build_parser
 from extproc.gateway.common import EXT_PROC_CLUSTER
 from tests.k8s import envoy_mtls, test_classifier_pod
 from tests.k8s.conftest import container, find, one
@@ -123,13 +122,6 @@ def test_classifier_serves_tls_from_its_secret(rendered: dict[str, list[Obj]]) -
 
 
 def test_classifier_requires_client_certificates(rendered: dict[str, list[Obj]]) -> None:
-    serve_parser = build_parser()._subparsers._group_actions[0].choices["serve"]  # type: ignore[union-attr]
-    flags = {flag for action in serve_parser._actions for flag in action.option_strings}
-    if "--tls-client-ca" not in flags:
-        pytest.xfail(
-            "cascade serve has no --tls-client-ca: the classifier cannot require Envoy's client "
-            "certificate yet (docs/kubernetes.md, Mutual TLS)"
-        )
     args = container(one(rendered[OVERLAY], "Deployment", "cascade-classifier"))["args"]
     assert "--tls-client-ca" in args
     ca = Path(args[args.index("--tls-client-ca") + 1])
@@ -216,7 +208,12 @@ def test_probes_present_the_pod_certificate_and_pass(
     tls_dir = Path(args[args.index("--tls-cert") + 1]).parent
     config = one(rendered[OVERLAY], "ConfigMap", "cascade-config")["data"]["cascade.yaml"]
     tls_args = local_args(
-        args, {"--tls-cert": str(pki["classifier.crt"]), "--tls-key": str(pki["classifier.key"])}
+        args,
+        {
+            "--tls-cert": str(pki["classifier.crt"]),
+            "--tls-key": str(pki["classifier.key"]),
+            "--tls-client-ca": str(pki["ca"]),
+        },
     )
     _process, port, _ = serve(tls_args, config)  # type: ignore[operator]
     listen_port = args[args.index("--listen") + 1].rpartition(":")[2]

@@ -291,9 +291,18 @@ def _listen(family: int, kind: int, proto: int, address: tuple[object, ...]) -> 
     return sock
 
 
-def tls_context(cert: str | os.PathLike[str], key: str | os.PathLike[str]) -> ssl.SSLContext:
-    """A server TLS context offering ALPN `h2` (what gRPC clients ask for)."""
+def tls_context(
+    cert: str | os.PathLike[str],
+    key: str | os.PathLike[str],
+    client_ca: str | os.PathLike[str] | None = None,
+) -> ssl.SSLContext:
+    """A server TLS context offering ALPN `h2` (what gRPC clients ask for); with `client_ca`,
+    a client certificate signed by that CA is required (mutual TLS)."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(cert, key)
     context.set_alpn_protocols(["h2"])
+    if client_ca is not None:
+        context.load_verify_locations(client_ca)
+        context.verify_mode = ssl.CERT_REQUIRED
     return context
