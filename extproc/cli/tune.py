@@ -13,6 +13,7 @@ from extproc.cli.tuning_common import (
     cost_model,
     labelled_records,
     print_json,
+    quality_spec,
     source_label,
     version_or_exit,
     write_reports,
@@ -23,13 +24,14 @@ from extproc.core.errors import ConfigError
 from extproc.tuning.dataset import ReadStats
 from extproc.tuning.document import Block, Heading, Para, render_text
 from extproc.tuning.features import SCOPES, TuneError
-from extproc.tuning.report import metrics_table
+from extproc.tuning.report import metrics_blocks
 from extproc.tuning.review import Review, review, review_json
-from extproc.tuning.review_report import review_blocks, rule_changes
+from extproc.tuning.review_report import oof_blocks, review_blocks, rule_changes
 from extproc.tuning.search import Objective
 from extproc.tuning.tune import TuneOptions, tune
 
 EXIT_SLO = 3
+EXIT_LOSES = 4
 
 
 def run_tune(args: argparse.Namespace) -> int:
@@ -52,7 +54,14 @@ def run_tune(args: argparse.Namespace) -> int:
         return 2
     records, _skipped = labelled_records(args.data, snapshot, ReadStats())
     options = TuneOptions(
-        objective=Objective(max_misroute=args.max_misroute, weak_share=args.weak_share),
+        objective=Objective(
+            max_misroute=args.max_misroute,
+            weak_share=args.weak_share,
+            max_strong_share=args.max_strong_share,
+            goal=args.objective,
+        ),
+        group_by=args.group_by,
+        quality=quality_spec(args),
         holdout=0.0 if args.cv else args.holdout,
         folds=args.cv,
         seed=args.seed,
@@ -76,18 +85,24 @@ def run_tune(args: argparse.Namespace) -> int:
     written: list[str] = []
     notes: list[str] = []
     feasible = result.fit.feasible
+    lost = rev.loses()
     if out is not None and not args.dry_run:
-        if feasible or args.force:
+        if (feasible and lost is None) or args.force:
             try:
                 notes.append(_write_config(args.config, out, result.version, result.spec))
             except (ConfigError, OSError) as exc:
                 print(f"cascade: cannot write {out}: {exc}", file=sys.stderr)
                 return 2
             written.append(str(out))
-        else:
+        elif not feasible:
             notes.append(
                 f"the SLO is not met on the training data: {result.version} was NOT written "
                 "(--force writes it anyway; the review shows the best found)"
+            )
+        else:
+            notes.append(
+                f"{lost}: {result.version} was NOT written (--force writes it anyway; the "
+                "review shows it)"
             )
         report = args.report or out.with_name(f"{out.stem}-{result.version}-review.md")
         title = f"cascade tune: {result.base} -> {result.version}"
@@ -99,7 +114,9 @@ def run_tune(args: argparse.Namespace) -> int:
         print_json({**review_json(rev, written), "notes": notes})
     else:
         sys.stdout.write(render_text(_summary(rev, written, notes, config_label(args.config))))
-    return 0 if feasible else EXIT_SLO
+    if not feasible:
+        return EXIT_SLO
+    return EXIT_LOSES if lost is not None else 0
 
 
 def _write_config(source: Path | None, out: Path, version: str, spec: dict[str, Any]) -> str:
@@ -116,8 +133,9 @@ def _summary(rev: Review, written: list[str], notes: list[str], config: str) -> 
     held = rev.held_out
     columns = [held.overall[result.base], held.overall[result.version]]
     weak = f"always-{result.snapshot.tier_names[0]}"
-    if weak in held.baselines:
-        columns.append(held.baselines[weak])
+    for name in (weak, f"random@{result.version}"):
+        if name in held.baselines:
+            columns.append(held.baselines[name])
     fixed = sum(c.effect == "fixed" for c in rev.changes)
     broken = sum(c.effect == "broken" for c in rev.changes)
     changed = "request changes" if len(rev.changes) == 1 else "requests change"
@@ -137,23 +155,25 @@ def _summary(rev: Review, written: list[str], notes: list[str], config: str) -> 
         ),
         rule_changes(result),
         Para(f"Figures on {rev.held_out_name}:"),
-        metrics_table(columns, result.snapshot.tier_names),
+        *metrics_blocks(columns, result.snapshot.tier_names),
         Para(f"{len(rev.changes):,} {changed} tier there: {fixed:,} fixed, {broken:,} broken."),
     ]
     if result.folds:
         size = len(result.folds)
         before = sum(f.before_misroute for f in result.folds) / size
         after = sum(f.after_misroute for f in result.folds) / size
+        grouped = f", grouped by {result.options.group_by}" if result.options.group_by else ""
         blocks.append(
             Para(
-                f"Cross-validation, mean held-out misroute over {size} folds: "
+                f"Cross-validation{grouped}, mean held-out misroute over {size} folds: "
                 f"{100 * before:.1f} % -> {100 * after:.1f} %."
             )
         )
+    blocks += oof_blocks(rev)
     blocks += [Para(note) for note in notes]
     if written:
         blocks.append(Para("Wrote: " + ", ".join(written)))
-    if result.fit.feasible and written:
+    if result.fit.feasible and written and not any("NOT written" in n for n in notes):
         blocks.append(
             Para(
                 f"Next: review the report, `cascade check-config {written[0]}`, then canary it: "

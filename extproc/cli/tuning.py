@@ -2,7 +2,9 @@
 
 Tables and JSON go to stdout, progress and warnings to stderr. Exit status: 0 ok; 1 bad data
 (nothing usable, labels that are not tiers); 2 bad usage or config; 3 `tune` could not meet the
-SLO on the training data (nothing written unless `--force`).
+SLO on the training data (nothing written unless `--force`); 4 `tune`'s version loses out of
+fold (to always-weak, or with `--objective pgr` to random at its share; nothing written unless
+`--force`).
 
 The subcommands run in `extproc.cli.evaluate`, `sample`, `candidates` and `tune` (helpers they
 share: `tuning_common`); this module only registers their arguments, so the tuning modules are
@@ -202,9 +204,28 @@ def _register_tune(sub: Any) -> None:
         "--weak-share", type=_band, metavar="LO:HI", help="weak-share band, e.g. 0.60:0.70"
     )
     tu.add_argument(
+        "--objective",
+        choices=("misroute", "pgr"),
+        default="misroute",
+        help="misroute: fewest misroutes within the SLO (default); pgr: most quality (PGR) "
+        "within the SLO, e.g. with --max-strong-share",
+    )
+    tu.add_argument(
+        "--max-strong-share",
+        type=_fraction,
+        metavar="X",
+        help="budget: at most this share of requests to the strong tier, e.g. 0.2",
+    )
+    _add_quality(tu)
+    tu.add_argument(
         "--holdout", type=_fraction, default=0.3, help="held-out share (default 0.3; 0 = none)"
     )
     tu.add_argument("--cv", type=int, default=0, metavar="K", help="K-fold cross-validation")
+    tu.add_argument(
+        "--group-by",
+        metavar="FIELD",
+        help="keep records with the same value of this field (e.g. conversation_id) in one fold",
+    )
     tu.add_argument("--seed", type=int, default=0, help="random seed of the split (default 0)")
     tu.add_argument("--version", metavar="NAME", help="name of the new version (default: v<n+1>)")
     tu.add_argument(
@@ -226,7 +247,11 @@ def _register_tune(sub: Any) -> None:
     )
     tu.add_argument("--lang", type=_langs, metavar="L,L", help="scripts to mine keywords from")
     tu.add_argument("--no-text", action="store_true", help="no request text in the review")
-    tu.add_argument("--force", action="store_true", help="write even when the SLO is not met")
+    tu.add_argument(
+        "--force",
+        action="store_true",
+        help="write even when the SLO is not met or the version loses to always-weak out of fold",
+    )
     tu.add_argument("--dry-run", action="store_true", help="write nothing; print the summary")
     tu.add_argument("--json", action="store_true", help="print a JSON summary")
     _add_costs(tu)

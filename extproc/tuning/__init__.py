@@ -8,9 +8,9 @@ nothing imports gRPC or telemetry. The `cascade eval|sample|candidates|tune` com
 |---|---|
 | `dataset` | streaming reader of labelled JSONL, decision logs and CSV labelling sheets |
 | `lang` | script detection, candidate terms per language, stop words |
-| `quality` | per-tier quality from `evidence`: booleans or graded scores, field names configurable |
+| `quality` | per-tier quality from `evidence`: booleans or graded scores, configurable fields |
 | `costs` | the cost of a request on each tier from prices and token counts |
-| `metrics` | weighted confusion tallies, quality and PGR, per-tier misroutes, baselines, the oracle |
+| `metrics` | weighted confusion tallies, quality and PGR, per-tier misroutes, baselines, oracle |
 | `curve` | cost-quality curves as RouteLLM defines them: PGR at a share, CPT(x), APGR, oracle |
 | `evaluate` | one pass over a data set for several versions; breakdowns; threshold sweep |
 | `evalcurves` | the evaluation's curves (versions, families, baselines) and SLO check |

@@ -88,7 +88,12 @@ class Example:
     """A labelled request, as the miners and the tuner need it."""
 
     chat: ChatRequest
+    #: labelled with the target tier (the one the version's rules send to)
     positive: bool
+    #: labelled with the default tier; None: whenever not positive (two tiers)
+    default_ok: bool | None = None
+    #: quality gained by the target tier's model over the default's on it (0 when unknown)
+    gain: float = 0.0
 
 
 def probe_hits(

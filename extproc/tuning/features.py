@@ -64,6 +64,11 @@ class Features:
     keywords: dict[str, int]
     candidates: dict[str, list[int]]
     _masks: dict[tuple[str, int], int] = field(default_factory=dict)
+    #: records whose label is the default tier; None: every record not positive (two tiers)
+    default_ok: int | None = None
+    #: quality gained by sending a record to the target tier instead of the default, grouped by
+    #: value: (gain, records with it); gains in records' worth (1 = the largest gap seen)
+    gains: list[tuple[float, int]] = field(default_factory=list)
 
     def threshold(self, kind: str, gt: int | None) -> int:
         if gt is None:
@@ -176,11 +181,13 @@ def features(
         for index, chat in enumerate(chats):
             if classify(chat, fixed_version).tier == shape.target:
                 fixed |= 1 << index
-    positive = 0
+    positive = default_ok = 0
     keyword_masks: dict[str, int] = {}
     for index, (example, found) in enumerate(zip(examples, hits, strict=True)):
         if example.positive:
             positive |= 1 << index
+        elif example.default_ok is not False:
+            default_ok |= 1 << index
         for word in found:
             keyword_masks[word] = keyword_masks.get(word, 0) | (1 << index)
     values = {
@@ -191,7 +198,37 @@ def features(
     candidates = {
         kind: _threshold_candidates(values[kind], kind, base.gt(kind)) for kind in THRESHOLD_KINDS
     }
-    return Features(scope, positive, fixed, values, keyword_masks, candidates)
+    return Features(
+        scope,
+        positive,
+        fixed,
+        values,
+        keyword_masks,
+        candidates,
+        default_ok=default_ok,
+        gains=gain_masks([e.gain for e in examples]),
+    )
+
+
+#: Steps of a record's worth that quality gains are rounded to in the search.
+GAIN_STEPS = 32
+
+
+def gain_masks(gains: Sequence[float]) -> list[tuple[float, int]]:
+    """Gains scaled to the largest (1 = one record's worth) and rounded to 1/32, as bit sets.
+
+    Booleans give exactly -1, 0 and +1; graded scores (a judge's 1-10) are rounded, which only
+    the search sees: the reported figures come from `classify()` and the exact scores.
+    """
+    scale = max((abs(g) for g in gains), default=0.0)
+    if scale == 0:
+        return []
+    masks: dict[int, int] = {}
+    for index, gain in enumerate(gains):
+        step = round(gain / scale * GAIN_STEPS)
+        if step:
+            masks[step] = masks.get(step, 0) | (1 << index)
+    return [(step / GAIN_STEPS, mask) for step, mask in sorted(masks.items())]
 
 
 def _nice(value: int) -> int:

@@ -16,8 +16,10 @@ from extproc.config.snapshot import TextScope
 from extproc.core.classify import classify, select_text
 from extproc.tuning.dataset import ReadStats
 from extproc.tuning.evaluate import EvalResult, Evaluator, evaluate
+from extproc.tuning.folds import Pooled, pooled
 from extproc.tuning.metrics import CostModel
 from extproc.tuning.report import metrics_json
+from extproc.tuning.search import PGR
 from extproc.tuning.tune import TuneResult
 
 SNIPPET = 90
@@ -48,14 +50,66 @@ class Review:
     @property
     def feasible_held_out(self) -> bool:
         metrics = self.held_out.overall[self.result.version]
-        return slo_met(self.result, metrics.misroute, metrics.weak_share)
+        return slo_met(self.result, metrics.misroute, metrics.weak_share, metrics.strong_share)
+
+    def out_of_fold(self) -> Pooled | None:
+        """The tuned version's figures on records it was not fitted on: the K held-out folds
+        pooled (cross-validation), the held-out split, or in-sample when there is neither."""
+        result = self.result
+        if result.folds:
+            return pooled(result.folds, f"{len(result.folds)} held-out folds, pooled")
+        held = self.held_out
+        after, before = held.overall[result.version], held.overall[result.base]
+        weak = held.baselines.get(f"always-{result.snapshot.tier_names[0]}")
+        if after.misroute is None or before.misroute is None or weak is None:
+            return None
+        return Pooled(
+            where=self.held_out_name,
+            records=round(after.records),
+            misroute=after.misroute,
+            weak_misroute=weak.misroute or 0.0,
+            before_misroute=before.misroute,
+            strong_share=after.strong_share or 0.0,
+            pgr=after.pgr,
+            before_pgr=before.pgr,
+        )
+
+    def loses(self) -> str | None:
+        """Why the version is not worth writing (it loses out of fold), with the figures."""
+        oof = self.out_of_fold()
+        if oof is None:
+            return None
+        version, weak = self.result.version, self.result.snapshot.tier_names[0]
+        if self.result.options.objective.goal == PGR:
+            if oof.pgr is not None and oof.pgr <= oof.random_pgr + 1e-12:
+                return (
+                    f"{version} recovers PGR {oof.pgr:.3f} at a {100 * oof.strong_share:.1f} % "
+                    f"strong share on {oof.where}, no better than random routing at that share "
+                    f"({oof.random_pgr:.3f})"
+                )
+            return None
+        if oof.misroute > oof.weak_misroute + 1e-12:
+            return (
+                f"{version} misroutes {100 * oof.misroute:.1f} % on {oof.where}, more than "
+                f"always-{weak} ({100 * oof.weak_misroute:.1f} %; {self.result.base}: "
+                f"{100 * oof.before_misroute:.1f} %)"
+            )
+        return None
 
 
-def slo_met(result: TuneResult, misroute: float | None, weak: float | None) -> bool:
+def slo_met(
+    result: TuneResult,
+    misroute: float | None,
+    weak: float | None,
+    strong: float | None = None,
+) -> bool:
     objective = result.options.objective
     if objective.max_misroute is not None and (
         misroute is None or misroute > objective.max_misroute
     ):
+        return False
+    budget = objective.max_strong_share
+    if budget is not None and (strong is None or strong > budget + 1e-12):
         return False
     if objective.weak_share is not None:
         low, high = objective.weak_share
@@ -68,10 +122,18 @@ def review(
 ) -> Review:
     versions = [result.base, result.version]
     held = [result.records[i] for i in result.test]
+    objective = result.options.objective
 
     def run(indices: Sequence[int], name: str, breakdown: Sequence[str]) -> EvalResult:
         evaluator = Evaluator(
-            result.snapshot, versions, cost_model, by=breakdown, config_label="<tuned>"
+            result.snapshot,
+            versions,
+            cost_model,
+            by=breakdown,
+            config_label="<tuned>",
+            quality=result.options.quality,
+            max_misroute=objective.max_misroute,
+            weak_share=objective.weak_share,
         )
         return evaluate(
             (result.records[i] for i in indices), evaluator, name, ReadStats(records=len(indices))
@@ -123,6 +185,8 @@ def review_json(rev: Review, written: Sequence[str]) -> dict[str, Any]:
         "moves": result.fit.moves,
         "held_out_figures": {n: metrics_json(m) for n, m in rev.held_out.overall.items()},
         "folds": [dataclasses.asdict(f) for f in result.folds],
+        "out_of_fold": dataclasses.asdict(oof) if (oof := rev.out_of_fold()) else None,
+        "loses": rev.loses(),
         "changes": [dataclasses.asdict(c) for c in rev.changes],
         "written": list(written),
     }

@@ -11,13 +11,15 @@ from extproc.config.editing import dump_yaml
 from extproc.tuning.document import Block, Code, Figure, Heading, Para, Table
 from extproc.tuning.evaluate import EvalResult
 from extproc.tuning.features import THRESHOLD_KINDS
+from extproc.tuning.formats import ratio
 from extproc.tuning.report import (
     breakdown_table,
     confusion_table,
-    metrics_table,
+    metrics_blocks,
     pct,
     sweep_figure,
 )
+from extproc.tuning.report_curve import curve_blocks, tier_table
 from extproc.tuning.review import EFFECTS, Change, Review, by_effect
 from extproc.tuning.svg import confusion_svg
 from extproc.tuning.tune import TuneResult
@@ -43,11 +45,13 @@ def rule_changes(result: TuneResult) -> Table:
     for kind in THRESHOLD_KINDS:
         old, new = before.gt(kind), after.gt(kind)
         if old != new:
+            share = result.shares_above.get(kind)
+            quantile = f" (top {100 * share:.1f} % of requests)" if share is not None else ""
             rows.append(
                 [
                     f"{kind} rule",
                     "off" if old is None else f"> {old}",
-                    "off" if new is None else f"> {new}",
+                    "off" if new is None else f"> {new}{quantile}",
                 ]
             )
     if not rows:
@@ -82,9 +86,15 @@ def review_blocks(rev: Review) -> list[Block]:
         rule_changes(result),
         Code(_diff(result), "diff"),
         Heading(f"Before / after on {rev.held_out_name} ({count_text(held)})"),
-        metrics_table([before, after, *held.baselines.values()], tiers),
+        *metrics_blocks([before, after, *held.baselines.values()], tiers),
     ]
     blocks += [Para(f"Note: {note}.") for note in held.notes]
+    blocks += oof_blocks(rev)
+    blocks += [
+        Heading(f"Misroutes per label tier ({rev.held_out_name})"),
+        tier_table([before, after], tiers),
+    ]
+    blocks += curve_blocks(held.curves, held.curve_lines, tiers)
     if result.folds:
         blocks += [Heading("Cross-validation (held-out fold figures)"), _folds_table(result)]
     train_before, train_after = rev.train.overall[result.base], rev.train.overall[result.version]
@@ -151,8 +161,10 @@ def _folds_table(result: TuneResult) -> Table:
             f"{f.records:,}",
             pct(f.before_misroute),
             pct(f.after_misroute),
+            pct(f.weak_misroute),
             pct(f.before_weak),
             pct(f.after_weak),
+            ratio(f.after_pgr),
         ]
         for f in result.folds
     ]
@@ -164,15 +176,57 @@ def _folds_table(result: TuneResult) -> Table:
                 "",
                 pct(sum(f.before_misroute for f in result.folds) / size),
                 pct(sum(f.after_misroute for f in result.folds) / size),
+                pct(sum(f.weak_misroute for f in result.folds) / size),
                 pct(sum(f.before_weak for f in result.folds) / size),
                 pct(sum(f.after_weak for f in result.folds) / size),
+                "",
             ]
         )
     weak = result.snapshot.tier_names[0]
     return Table(
-        ["fold", "records", "misroute before", "misroute after", f"{weak} before", f"{weak} after"],
+        [
+            "fold",
+            "records",
+            "misroute before",
+            "misroute after",
+            f"always-{weak}",
+            f"{weak} before",
+            f"{weak} after",
+            "PGR after",
+        ],
         rows,
     )
+
+
+def oof_blocks(rev: Review) -> list[Block]:
+    """The out-of-fold verdict: does the version beat always-weak (and random) where it was not
+    fitted?"""
+    oof = rev.out_of_fold()
+    if oof is None:
+        return []
+    result = rev.result
+    weak = result.snapshot.tier_names[0]
+    pgr = ""
+    if oof.pgr is not None:
+        pgr = (
+            f"; PGR {ratio(oof.before_pgr)} -> {ratio(oof.pgr)} at a "
+            f"{pct(oof.strong_share)} strong share (random at that share: {ratio(oof.random_pgr)})"
+        )
+    lost = rev.loses()
+    if lost:
+        verdict = f"It LOSES: {lost}."
+    elif result.options.objective.goal == "pgr":
+        verdict = "It beats random routing at its strong share."
+    else:
+        verdict = f"It beats always-{weak}."
+    return [
+        Heading("Out of fold"),
+        Para(
+            f"On {oof.where} ({oof.records:,} records): misroute {result.base} "
+            f"{pct(oof.before_misroute)} -> {result.version} {pct(oof.misroute)}, always-{weak} "
+            f"{pct(oof.weak_misroute)}{pgr}. {verdict}"
+        ),
+    ]
 
 
 def _change_blocks(rev: Review) -> list[Block]:

@@ -10,7 +10,12 @@ Objective, in records of the training split:
 - with `--weak-share LO:HI`: first the SLO violation (records outside the band, plus misroutes
   over `--max-misroute` when given), then misroutes, then the larger weak share;
 - with only `--max-misroute`: first the violation, then the largest weak share, then misroutes;
-- with neither: misroutes, then the larger weak share.
+- with neither: misroutes, then the larger weak share;
+- with `--max-strong-share X` (a budget): records sent to the target tier over the budget count
+  as violation;
+- with `--objective pgr`: first the violation, then the quality gained over sending everything
+  to the default tier (what PGR measures; in records' worth, see `features.Features.gains`),
+  then misroutes.
 A keyword is added or removed only when that removes at least `min_gain` misroutes (or records
 of SLO violation) on the training split, so a handful of records cannot change the keyword list,
 and keywords the training data never shows (other languages, other domains) stay.
@@ -27,10 +32,18 @@ from extproc.tuning.features import Features, Params
 POOL_SIZE = 400
 
 
+#: Goals of the search.
+MISROUTE, PGR = "misroute", "pgr"
+
+
 @dataclass(frozen=True, slots=True)
 class Objective:
     max_misroute: float | None = None
     weak_share: tuple[float, float] | None = None
+    #: a budget: the largest share of requests sent to the target tier
+    max_strong_share: float | None = None
+    #: "misroute" (the SLO, then misroutes) or "pgr" (the SLO, then the quality gained)
+    goal: str = MISROUTE
 
     def describe(self) -> str:
         parts = []
@@ -40,8 +53,14 @@ class Objective:
             )
         if self.max_misroute is not None:
             parts.append(f"misroute <= {100 * self.max_misroute:.1f} %")
+        if self.max_strong_share is not None:
+            parts.append(f"strong share <= {100 * self.max_strong_share:.1f} %")
         slo = " and ".join(parts) or "none"
-        if self.weak_share:
+        if self.goal == PGR:
+            goal = "maximise quality (PGR)"
+            if self.max_strong_share is not None:
+                goal += " within the strong-share budget"
+        elif self.weak_share:
             goal = "minimise misroute within the band"
         elif self.max_misroute is not None:
             goal = "maximise weak share under the misroute ceiling"
@@ -56,10 +75,17 @@ class Objective:
             excess += max(0.0, low - weak) + max(0.0, weak - high)
         if self.max_misroute is not None:
             excess += max(0.0, misroutes - self.max_misroute * n)
+        if self.max_strong_share is not None:
+            excess += max(0.0, (n - weak) - self.max_strong_share * n)
         return excess
 
-    def score(self, n: int, misroutes: int, weak: int) -> tuple[float, float, float]:
+    def score(
+        self, n: int, misroutes: int, weak: int, gain: float = 0.0
+    ) -> tuple[float, float, float]:
+        """Lower is better: (SLO violation in records, the goal, a tie-break)."""
         violation = self.violation(n, misroutes, weak)
+        if self.goal == PGR:
+            return (violation, -gain, misroutes)
         if self.weak_share or self.max_misroute is None:
             return (violation, misroutes, -weak)
         return (violation, -weak, misroutes)
@@ -71,6 +97,7 @@ class State:
     score: tuple[float, float, float]
     misroutes: int
     weak: int
+    gain: float = 0.0
 
 
 @dataclass(slots=True)
@@ -122,12 +149,18 @@ def search(
     """Greedy best-move descent from `start`, scored on the records in `subset`."""
     n = subset.bit_count()
     positive = data.positive & subset
+    # records for which the default tier is wrong too (labels of a third tier)
+    default_ok = ~data.positive if data.default_ok is None else data.default_ok
+    not_default = subset & ~default_ok
+    gains = [(value, mask & subset) for value, mask in data.gains]
+    use_gain = objective.goal == PGR
 
     def state(params: Params, pred: int) -> State:
         pred &= subset
-        misroutes = (positive & ~pred).bit_count() + (pred & ~positive).bit_count()
+        misroutes = (pred & ~positive).bit_count() + (not_default & ~pred).bit_count()
         weak = n - pred.bit_count()
-        return State(params, objective.score(n, misroutes, weak), misroutes, weak)
+        gain = sum(v * (pred & m).bit_count() for v, m in gains) if use_gain else 0.0
+        return State(params, objective.score(n, misroutes, weak, gain), misroutes, weak, gain)
 
     current = state(start, data.predict(start))
     original = set(start.keywords)
@@ -146,9 +179,10 @@ def search(
         if best is None:
             break
         after, label = best
+        gained = f", quality gain {current.gain:+.1f} -> {after.gain:+.1f}" if use_gain else ""
         moves.append(
             f"{label}: misroutes {current.misroutes} -> {after.misroutes}, "
-            f"weak {current.weak} -> {after.weak} of {n}"
+            f"weak {current.weak} -> {after.weak} of {n}{gained}"
         )
         current = after
     return SearchResult(current, n, moves)

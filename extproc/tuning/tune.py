@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,8 +37,9 @@ from extproc.tuning.features import (
     analyse,
     features,
 )
-from extproc.tuning.sample import record_key
-from extproc.tuning.search import Objective, SearchResult, pool_for, search
+from extproc.tuning.folds import FoldFigures, fold_figures, splits
+from extproc.tuning.quality import DEFAULT_QUALITY, QualityReader, QualitySpec
+from extproc.tuning.search import PGR, Objective, SearchResult, pool_for, search
 from extproc.tuning.variants import variant_document, version_spec
 
 
@@ -55,17 +56,9 @@ class TuneOptions:
     langs: frozenset[str] | None = None
     version: str | None = None
     source: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class FoldFigures:
-    fold: int
-    records: int
-    before_misroute: float
-    after_misroute: float
-    before_weak: float
-    after_weak: float
-    feasible: bool
+    #: records sharing this field's value stay in one fold (conversation_id, user, ...)
+    group_by: str | None = None
+    quality: QualitySpec = DEFAULT_QUALITY
 
 
 @dataclass(slots=True)
@@ -87,6 +80,8 @@ class TuneResult:
     folds: list[FoldFigures]
     pool: int
     options: TuneOptions
+    #: per threshold kind of the tuned version: share of the labelled requests above it
+    shares_above: dict[str, float] = field(default_factory=dict)
 
     @property
     def new_classifier(self) -> Classifier:
@@ -115,11 +110,21 @@ def next_version(snapshot: Snapshot, base: str) -> str:
     return name
 
 
-def labelled_examples(records: Sequence[Record], target: str) -> list[Example]:
+def labelled_examples(
+    records: Sequence[Record],
+    target: str,
+    default: str | None = None,
+    qualities: Sequence[Mapping[str, float] | None] = (),
+) -> list[Example]:
+    """Records as the search sees them: labelled target or default (or another tier), and the
+    quality the target tier's model gains over the default's on each (0 when unknown)."""
     examples = []
-    for record in records:
+    for index, record in enumerate(records):
         assert record.chat is not None and record.label is not None
-        examples.append(Example(record.chat, record.label == target))
+        quality = qualities[index] if index < len(qualities) else None
+        gain = quality[target] - quality[default] if quality and default else 0.0
+        default_ok = None if default is None else record.label == default
+        examples.append(Example(record.chat, record.label == target, default_ok, gain))
     return examples
 
 
@@ -131,9 +136,18 @@ def tune(
     if not records:
         raise TuneError("no labelled record with text to tune on")
     records = list(records)
-    examples = labelled_examples(records, shape.target)
+    reader = QualityReader(snapshot.tier_names, options.quality)
+    qualities = [reader(r) for r in records]
+    if options.objective.goal == PGR and not any(qualities):
+        raise TuneError(
+            f"--objective pgr needs per-tier quality on the records ({options.quality.describe()}"
+            " found on none; see --quality-field)"
+        )
+    examples = labelled_examples(records, shape.target, shape.default, qualities)
     everything = (1 << len(records)) - 1
-    mode, train, test, folds = _splits(records, options)
+    mode, train, test, folds = splits(
+        records, options.holdout, options.folds, options.seed, options.group_by
+    )
     if train & everything == 0:
         raise TuneError("the training split is empty: use fewer held-out records")
     texts = [select_text(e.chat.messages, TextScope.ALL) for e in examples]
@@ -155,11 +169,11 @@ def tune(
     _verify(
         compiled.classifiers[version], shape.target, examples, data[fit.state.params.scope], fit
     )
-    fold_figures = [
+    held_out = [
         _fold_run(
             snapshot,
             shape,
-            examples,
+            (records, examples, qualities),
             data,
             (base, base_spec),
             held,
@@ -171,7 +185,14 @@ def tune(
         )
         for i, held in enumerate(folds)
     ]
+    chosen = data[fit.state.params.scope]
+    shares_above = {
+        kind: sum(v > gt for v in chosen.values[kind]) / len(records)
+        for kind, gt in fit.state.params.gts
+        if gt is not None
+    }
     return TuneResult(
+        shares_above=shares_above,
         base=base,
         version=version,
         shape=shape,
@@ -185,27 +206,10 @@ def tune(
         test=_indices(test, len(records)),
         mode=mode,
         fit=fit,
-        folds=fold_figures,
+        folds=held_out,
         pool=len(mined[0]),
         options=options,
     )
-
-
-def _splits(records: Sequence[Record], options: TuneOptions) -> tuple[str, int, int, list[int]]:
-    everything = (1 << len(records)) - 1
-    if options.folds >= 2:
-        folds = [0] * options.folds
-        for index, record in enumerate(records):
-            fold = int(record_key(options.seed, record.id) * options.folds)
-            folds[fold] |= 1 << index
-        return "cv", everything, everything, folds
-    if options.holdout <= 0:
-        return "in-sample", everything, everything, []
-    test = 0
-    for index, record in enumerate(records):
-        if record_key(options.seed, record.id) < options.holdout:
-            test |= 1 << index
-    return "holdout", everything & ~test, test, []
 
 
 def _indices(mask: int, size: int) -> list[int]:
@@ -273,7 +277,7 @@ def _verify(
 def _fold_run(
     snapshot: Snapshot,
     shape: Shape,
-    examples: Sequence[Example],
+    labelled: tuple[Sequence[Record], Sequence[Example], Sequence[Mapping[str, float] | None]],
     data: dict[str, Features],
     base: tuple[str, dict[str, Any]],
     held: int,
@@ -283,52 +287,22 @@ def _fold_run(
     options: TuneOptions,
     scopes: Sequence[str],
 ) -> FoldFigures:
+    records, _examples, qualities = labelled
     base_params = analyse(snapshot, base[0])[1]
     found = _best(data, train, base_params, mined, options, scopes)
     spec = build_spec(base[1], shape, found.state.params, "")
     compiled = compile_document(
         variant_document(snapshot, {base[0]: base[1], "fold": spec}), "<fold>"
     )
-    return _fold(
+    return fold_figures(
         index,
         held,
-        examples,
+        records,
+        qualities,
+        snapshot.tier_names,
         compiled.classifiers[base[0]],
         compiled.classifiers["fold"],
-        shape.target,
-        found,
-    )
-
-
-def _fold(
-    index: int,
-    held: int,
-    examples: Sequence[Example],
-    base: Classifier,
-    tuned: Classifier,
-    target: str,
-    found: SearchResult,
-) -> FoldFigures:
-    n = before_miss = after_miss = before_weak = after_weak = 0
-    for i, example in enumerate(examples):
-        if not held >> i & 1:
-            continue
-        n += 1
-        before_up = classify(example.chat, base).tier == target
-        after_up = classify(example.chat, tuned).tier == target
-        before_miss += before_up != example.positive
-        after_miss += after_up != example.positive
-        before_weak += not before_up
-        after_weak += not after_up
-    size = max(n, 1)
-    return FoldFigures(
-        fold=index + 1,
-        records=n,
-        before_misroute=before_miss / size,
-        after_misroute=after_miss / size,
-        before_weak=before_weak / size,
-        after_weak=after_weak / size,
-        feasible=found.feasible,
+        found.feasible,
     )
 
 
