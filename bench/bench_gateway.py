@@ -45,7 +45,8 @@ from typing import Any
 import yaml
 
 from extproc.config.snapshot import DEFAULT_CONFIG, load_snapshot
-from extproc.gateway.render import TYPE, bootstrap
+from extproc.gateway.common import TYPE
+from extproc.gateway.render import bootstrap
 
 BIN = Path(sys.executable).parent
 STACKS = (
