@@ -23,7 +23,18 @@ class RetrySettings:
     #: 0 = no per-try limit (the route timeout bounds all tries): must exceed the longest
     #: non-streamed generation, since it runs until the response headers arrive
     per_try_timeout_s: int = 0
-    #: circuit breaker: concurrent retries per cluster (Envoy's default is 3)
+    #: streamed requests (`"stream": true`): per-try limit on the time to the response headers,
+    #: i.e. to the first token (a stalled tier falls back); the stream itself is not limited.
+    #: 0 = none (then `per_try_timeout_s` applies to them too)
+    stream_per_try_timeout_ms: int = 10000
+    #: retry budget per cluster: concurrent retries may be this percentage of the cluster's
+    #: active plus pending requests ...
+    budget_percent: float = 20.0
+    #: ... but never fewer than this many (retries waiting out a Retry-After are not active
+    #: requests, and an aggregate cluster has none of its own: docs/resilience.md)
+    min_retry_concurrency: int = 1000
+    #: the fixed breaker kgateway renders (BackendConfigPolicy `maxRetries`, no retry budget
+    #: there); the rendered Envoy config uses the budget above
     max_concurrent: int = 100
     #: failed attempts on a tier before its fallback tier takes over
     attempts_per_tier: int = 1
@@ -69,7 +80,14 @@ class EnvoySettings:
     retries: RetrySettings = field(default_factory=RetrySettings)
     outlier_detection: OutlierSettings = field(default_factory=OutlierSettings)
     ext_proc_canary: ExtProcCanary | None = None
+    #: a request the classifier did not decide (down, stopped, timed out: ext_proc failed open)
+    #: goes to the default tier's route; `rewrite`: with its body's `model` set to the default
+    #: tier's model; `pass`: unchanged; `reject`: an OpenAI-style 503 instead; `auto`: `rewrite`
+    #: with `server.rewrite_model`, else `pass` (docs/resilience.md, "Fail-open that serves")
+    unclassified: str = "auto"
 
+
+UNCLASSIFIED = ("auto", "rewrite", "pass", "reject")
 
 _ENVOY_KEYS = {
     "listen",
@@ -82,6 +100,7 @@ _ENVOY_KEYS = {
     "retries",
     "outlier_detection",
     "ext_proc_canary",
+    "unclassified",
 }
 
 
@@ -113,6 +132,11 @@ def compile_envoy(check: Checker, value: object) -> EnvoySettings:
             "envoy.retries.per_try_timeout_s",
             f"longer than envoy.route_timeout_s ({numbers['route_timeout_s']})",
         )
+    if retries.stream_per_try_timeout_ms >= numbers["route_timeout_s"] * 1000:
+        raise check.fail(
+            "envoy.retries.stream_per_try_timeout_ms",
+            f"not shorter than envoy.route_timeout_s ({numbers['route_timeout_s']} s)",
+        )
     return EnvoySettings(
         listen=addresses["listen"],
         admin=addresses["admin"],
@@ -123,6 +147,9 @@ def compile_envoy(check: Checker, value: object) -> EnvoySettings:
         ),
         ext_proc_canary=_compile_ext_proc_canary(
             check, spec.get("ext_proc_canary"), "envoy.ext_proc_canary", endpoints
+        ),
+        unclassified=check.choice(
+            spec.get("unclassified", defaults.unclassified), "envoy.unclassified", UNCLASSIFIED
         ),
         **numbers,
     )
@@ -183,6 +210,11 @@ def _compile_retries(check: Checker, value: object, path: str) -> RetrySettings:
         backoff_max_ms=number("backoff_max_ms", 1),
         retry_after_max_ms=number("retry_after_max_ms"),
         per_try_timeout_s=number("per_try_timeout_s"),
+        stream_per_try_timeout_ms=number("stream_per_try_timeout_ms"),
+        budget_percent=check.percent(
+            spec.get("budget_percent", defaults.budget_percent), join_path(path, "budget_percent")
+        ),
+        min_retry_concurrency=number("min_retry_concurrency", 1),
         max_concurrent=number("max_concurrent", 1),
         attempts_per_tier=number("attempts_per_tier", 1),
     )

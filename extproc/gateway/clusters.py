@@ -91,10 +91,20 @@ def ext_proc_clusters(snapshot: Snapshot) -> list[dict[str, Any]]:
 
 
 def _circuit_breakers(snapshot: Snapshot) -> dict[str, Any]:
+    """A retry budget instead of a fixed `max_retries` (which it replaces): concurrent retries
+    up to `budget_percent` of the cluster's active + pending requests, never fewer than
+    `min_retry_concurrency`. A retry holds its slot from the moment it is scheduled, through
+    its back-off (a Retry-After wait), until its attempt ends, while only attempts in flight
+    count as active: the floor is what carries a 429 storm (docs/resilience.md)."""
+    retries = snapshot.envoy.retries
+    budget = {
+        "budget_percent": {"value": retries.budget_percent},
+        "min_retry_concurrency": retries.min_retry_concurrency,
+    }
     return {
         "thresholds": [
-            {"priority": "DEFAULT", "max_retries": snapshot.envoy.retries.max_concurrent},
-            {"priority": "HIGH", "max_retries": snapshot.envoy.retries.max_concurrent},
+            {"priority": "DEFAULT", "retry_budget": budget},
+            {"priority": "HIGH", "retry_budget": budget},
         ]
     }
 

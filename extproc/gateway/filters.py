@@ -6,6 +6,7 @@ from typing import Any
 
 from extproc.config.snapshot import Snapshot
 from extproc.core import headers
+from extproc.gateway import lua
 from extproc.gateway.common import (
     EXT_PROC_CLUSTER,
     HTTP_PROTOCOL_OPTIONS,
@@ -13,6 +14,8 @@ from extproc.gateway.common import (
     duration,
 )
 from extproc.routing.attributes import RESPONSE_ATTRIBUTES
+
+LUA = "envoy.extensions.filters.http.lua.v3.Lua"
 
 
 def grpc_service(
@@ -96,6 +99,23 @@ def response_processing(snapshot: Snapshot) -> dict[str, Any]:
     if not observe:
         return {"processing_mode": mode}
     return {"processing_mode": mode, "response_attributes": list(RESPONSE_ATTRIBUTES)}
+
+
+def body_filter(snapshot: Snapshot) -> dict[str, Any] | None:
+    """The Lua filter after ext_proc (extproc/gateway/lua.py): the default tier's model on
+    requests the classifier did not decide (`envoy.unclassified`), and the time-to-first-token
+    per-try timeout on streamed requests. None when neither is configured."""
+    source = lua.script(snapshot)
+    if source is None:
+        return None
+    return {
+        "name": "envoy.filters.http.lua",
+        "typed_config": {
+            "@type": TYPE + LUA,
+            "default_source_code": {"inline_string": source},
+            "stat_prefix": "cascade_body",
+        },
+    }
 
 
 def upstream_ext_proc_filter(snapshot: Snapshot, *, rewrite: bool) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from extproc.gateway.common import (
     header_value,
     tier_cluster,
 )
-from extproc.gateway.filters import ext_proc_filter
+from extproc.gateway.filters import body_filter, ext_proc_filter
 
 ACCESS_LOG_FORMAT = {
     "time": "%START_TIME%",
@@ -258,6 +258,7 @@ def connection_manager(snapshot: Snapshot) -> dict[str, Any]:
         },
         "http_filters": [
             ext_proc_filter(snapshot),
+            *([body] if (body := body_filter(snapshot)) is not None else []),
             {
                 "name": "envoy.filters.http.router",
                 "typed_config": {"@type": TYPE + "envoy.extensions.filters.http.router.v3.Router"},

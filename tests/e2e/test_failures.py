@@ -40,7 +40,7 @@ def test_restart_under_load_loses_no_request(own_gateway: Gateway) -> None:
     lock = threading.Lock()
 
     def client(index: int) -> None:
-        for n in range(400):  # bounded in count …
+        for n in range(5000):  # bounded in count (failed-open requests are quick) …
             if stop.is_set():
                 return
             text = "debug it" if (index + n) % 2 else "hello"

@@ -76,7 +76,10 @@ def test_fallback_pieces_are_in_the_default_config() -> None:
     ]
     assert "xds.upstream_host_metadata" in upstream["request_attributes"]
     assert clusters["tier_strong"]["outlier_detection"]["max_ejection_percent"] == 100
-    assert clusters["tier_strong"]["circuit_breakers"]["thresholds"][0]["max_retries"] == 100
+    for name in ("tier_strong", "tier_strong_fallback"):
+        (default, _) = clusters[name]["circuit_breakers"]["thresholds"]
+        assert default["retry_budget"]["min_retry_concurrency"] == 1000
+        assert "max_retries" not in default  # the budget replaces the fixed breaker
     hcm = document["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
     routes = {
         r["name"]: r for r in hcm["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]

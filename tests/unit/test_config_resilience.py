@@ -203,6 +203,22 @@ TIER_STRONG = "  - {name: strong, model: big, fallback: weak}\n"
         ),
         (BASE + "envoy: {retries: {tries: 3}}\n", "envoy.retries.tries", "unknown key"),
         (
+            BASE + "envoy: {retries: {budget_percent: 120}}\n",
+            "envoy.retries.budget_percent",
+            "0..100",
+        ),
+        (
+            BASE + "envoy: {retries: {min_retry_concurrency: 0}}\n",
+            "envoy.retries.min_retry_concurrency",
+            ">= 1",
+        ),
+        (
+            BASE + "envoy: {route_timeout_s: 5, retries: {stream_per_try_timeout_ms: 5000}}\n",
+            "envoy.retries.stream_per_try_timeout_ms",
+            "route_timeout_s",
+        ),
+        (BASE + "envoy: {unclassified: drop}\n", "envoy.unclassified", "rewrite, pass"),
+        (
             BASE + "envoy: {outlier_detection: {max_ejection_percent: 150}}\n",
             "envoy.outlier_detection.max_ejection_percent",
             "1..100",
@@ -259,6 +275,22 @@ def test_errors_name_the_field(text: str, path: str, fragment: str) -> None:
     error = error_of(text)
     assert error.path == path, error
     assert fragment in error.message
+
+
+def test_retry_budget_stream_timeout_and_unclassified_settings() -> None:
+    defaults = compile_config(BASE).envoy
+    assert defaults.retries.budget_percent == 20.0
+    assert defaults.retries.min_retry_concurrency == 1000
+    assert defaults.retries.stream_per_try_timeout_ms == 10000
+    assert defaults.unclassified == "auto"
+    text = BASE + (
+        "envoy:\n  unclassified: reject\n  retries: {budget_percent: 0, min_retry_concurrency: 50,"
+        " stream_per_try_timeout_ms: 0}\n"
+    )
+    envoy = compile_config(text).envoy
+    assert envoy.unclassified == "reject"
+    assert (envoy.retries.budget_percent, envoy.retries.min_retry_concurrency) == (0.0, 50)
+    assert envoy.retries.stream_per_try_timeout_ms == 0
 
 
 def test_fallback_tier_order_does_not_matter() -> None:

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import yaml
 
 from extproc.config.snapshot import compile_config
 from extproc.gateway.common import SIDE_STREAM_FLOW_CONTROL
+from extproc.gateway.lua import lua_string
 from extproc.gateway.render import bootstrap, render_yaml, typed_bootstrap
 
 BASE = """
@@ -79,7 +81,8 @@ def test_no_fallback_no_aggregate() -> None:
 def test_retry_policy_follows_the_settings() -> None:
     text = BASE + (
         "envoy:\n  retries: {num_retries: 4, status_codes: [503], retry_after_max_ms: 0,"
-        " per_try_timeout_s: 200, attempts_per_tier: 2, max_concurrent: 7}\n"
+        " per_try_timeout_s: 200, attempts_per_tier: 2, budget_percent: 35,"
+        " min_retry_concurrency: 7}\n"
     )
     routes, clusters = render(text)
     policy = routes["tier_strong"]["route"]["retry_policy"]
@@ -88,8 +91,12 @@ def test_retry_policy_follows_the_settings() -> None:
     assert "rate_limited_retry_back_off" not in policy
     assert policy["per_try_timeout"] == "200s"
     assert policy["retry_priority"]["typed_config"]["update_frequency"] == 2
-    assert clusters["tier_weak"]["circuit_breakers"]["thresholds"][0]["max_retries"] == 7
-    assert clusters["tier_strong_fallback"]["circuit_breakers"]["thresholds"][0]["max_retries"] == 7
+    budget = {"budget_percent": {"value": 35.0}, "min_retry_concurrency": 7}
+    for name in ("tier_weak", "tier_strong", "tier_strong_fallback"):
+        thresholds = clusters[name]["circuit_breakers"]["thresholds"]
+        assert [t["priority"] for t in thresholds] == ["DEFAULT", "HIGH"]
+        # the budget replaces the fixed breaker (Envoy ignores max_retries beside it)
+        assert all(t == {"priority": t["priority"], "retry_budget": budget} for t in thresholds)
 
 
 def test_outlier_detection_can_be_switched_off() -> None:
@@ -278,3 +285,66 @@ def test_side_stream_flow_control_off_and_classifier_buffer_above_the_body_limit
     }
     (ext_proc, *_) = rendered["static_resources"]["clusters"]
     assert int(ext_proc["per_connection_buffer_limit_bytes"]) == 4194304 + 1024 * 1024
+
+
+def http_filters(text: str) -> list[dict[str, Any]]:
+    data = bootstrap(compile_config(text))
+    hcm = data["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+    filters: list[dict[str, Any]] = hcm["typed_config"]["http_filters"]
+    return filters
+
+
+def lua_source(text: str) -> str | None:
+    for item in http_filters(text):
+        if item["name"] == "envoy.filters.http.lua":
+            source: str = item["typed_config"]["default_source_code"]["inline_string"]
+            return source
+    return None
+
+
+def test_body_filter_sits_between_ext_proc_and_the_router() -> None:
+    names = [f["name"] for f in http_filters(BASE)]
+    assert names == [
+        "envoy.filters.http.ext_proc",
+        "envoy.filters.http.lua",
+        "envoy.filters.http.router",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("settings", "mode", "stream"),
+    [
+        ("", "pass", "10000"),  # auto without rewrite_model: pass
+        ("server: {rewrite_model: true}\n", "rewrite", "10000"),
+        ("envoy: {unclassified: reject}\n", "reject", "10000"),
+        (
+            "envoy: {unclassified: rewrite, retries: {stream_per_try_timeout_ms: 2500}}\n",
+            "rewrite",
+            "2500",
+        ),
+        (
+            "envoy: {unclassified: rewrite, retries: {stream_per_try_timeout_ms: 0}}\n",
+            "rewrite",
+            "",
+        ),
+    ],
+)
+def test_body_filter_settings(settings: str, mode: str, stream: str) -> None:
+    source = lua_source(BASE + settings)
+    assert source is not None
+    assert f"local MODE = [==[{mode}]==]" in source
+    assert f"local STREAM_TIMEOUT_MS = [==[{stream}]==]" in source
+    assert 'local MODEL = [==["small"]==]' in source  # the default tier's model, as JSON
+    assert "x-envoy-upstream-rq-per-try-timeout-ms" in source
+
+
+def test_no_body_filter_when_it_has_nothing_to_do() -> None:
+    text = BASE + "envoy: {unclassified: pass, retries: {stream_per_try_timeout_ms: 0}}\n"
+    assert lua_source(text) is None
+    assert [f["name"] for f in http_filters(text)][-1] == "envoy.filters.http.router"
+
+
+def test_lua_strings_survive_any_model_name() -> None:
+    assert lua_string("qwen3-4b") == "[==[qwen3-4b]==]"
+    assert lua_string('say "]==]"') == '"say \\034]==]\\034"'
+    assert lua_string("a\nb\u00e9") == '"a\\010b\\195\\169"'
