@@ -189,6 +189,17 @@ def _register_candidates(sub: Any) -> None:
         metavar="L,L",
         help="only these scripts: latin, ko, zh, ja, other (default: all)",
     )
+    ca.add_argument(
+        "--folds",
+        type=int,
+        default=5,
+        metavar="K",
+        help="folds for each term's out-of-fold gain (default 5; 0 = none)",
+    )
+    ca.add_argument("--seed", type=int, default=0, help="random seed of the folds (default 0)")
+    ca.add_argument(
+        "--group-by", metavar="FIELD", help="keep records with the same value in one fold"
+    )
     ca.add_argument("--json", action="store_true", help="print JSON instead of tables")
     ca.set_defaults(func=_run_candidates)
 

@@ -22,6 +22,8 @@ nothing imports gRPC or telemetry. The `cascade eval|sample|candidates|tune` com
 | `sample` | stratified, seeded samples of traces for labelling |
 | `sheet` | labelling sheets (CSV): writing a sample, reading labels back |
 | `candidates` | keyword candidates mined from false negatives; keywords that do not pay off |
+| `directions` | candidates both ways (up: from false negatives; weak-safe: from false positives) |
+| `folds` | validation splits grouped by a key; held-out fold figures, pooled out-of-fold figures |
 | `features` | the tunable shape of a version; the records as bit sets for the search |
 | `search` | the objective and the greedy threshold and keyword search |
 | `tune` | the search within an SLO band per text scope, held-out and cross-validated figures |

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import random
+from typing import Any
+
 import pytest
 
 from extproc.config.snapshot import Snapshot
 from extproc.tuning.candidates import Example, find_candidates
+from extproc.tuning.directions import UP, WEAK, find_directions
 from extproc.tuning.lang import HAN, HANGUL, KANA, LATIN, NONE, detect_lang, terms
-from tests.unit.tuning_data import chat, records
+from tests.unit.tuning_data import FILLER, PRICED_CONFIG, chat, records
 
 
 def examples(items: list[dict[str, object]]) -> list[Example]:
@@ -105,3 +109,48 @@ def test_candidates_language_filter(default_snapshot: Snapshot) -> None:
     items += [chat("hello", "weak")]
     result = find_candidates(default_snapshot, "v7", examples(items), langs=frozenset({LATIN}))
     assert [c.term for c in result.candidates] == ["kubernetes"]
+
+
+def two_ways(n: int = 600, seed: int = 4) -> list[dict[str, object]]:
+    """v1 of PRICED_CONFIG sends > 100 characters up. Short requests with `kubernetes` need the
+    strong tier (false negatives); long ones with `translate` do not (false positives)."""
+    rng = random.Random(seed)
+    items: list[dict[str, object]] = []
+    for index in range(n):
+        long = rng.random() < 0.5
+        words = " ".join(rng.choice(FILLER) for _ in range(40 if long else 5))
+        if long:
+            safe = rng.random() < 0.4
+            text = f"translate {words}" if safe else words
+            label = "weak" if safe else "strong"
+        else:
+            hard = rng.random() < 0.3
+            text = f"kubernetes {words}" if hard else words
+            label = "strong" if hard else "weak"
+        items.append({"id": f"t{index:04d}", "group": f"g{index // 3}", **chat(text, label)})
+    return items
+
+
+def test_candidates_in_both_directions_with_out_of_fold_gain(make_snapshot: Any) -> None:
+    snapshot = make_snapshot(PRICED_CONFIG)
+    data = examples(two_ways())
+    keys = [f"g{i // 3}" for i in range(len(data))]
+    found = find_directions(snapshot, "v1", data, keys=keys, folds=5, seed=1)
+    assert found.folds == 5
+    up = {t.term: t for t in found.up}
+    weak = {t.term: t for t in found.weak}
+    kube, safe = up["kubernetes"], weak["translate"]
+    assert kube.direction == UP and safe.direction == WEAK
+    # every short kubernetes request is a false negative; none is labelled weak
+    assert kube.fixes == kube.strong and kube.breaks == 0 and kube.weak == 0
+    # every long translate request is a false positive the rule to weak fixes, none broken
+    assert safe.fixes == safe.weak and safe.breaks == 0 and safe.strong == 0
+    assert kube.oof_folds == 5 and kube.oof_net == kube.net  # kept by every fold
+    assert safe.oof_net == safe.net and found.weak[0].term == "translate"
+    # filler words occur in both labels alike: out of fold they gain nothing the in-sample
+    # figure does not already show, and far less than the planted term
+    for term in found.weak[1:]:
+        assert term.oof_net is not None and term.oof_net <= max(term.net, 0)
+        assert term.oof_net < safe.oof_net / 2
+    without = find_directions(snapshot, "v1", data, folds=0)
+    assert without.folds == 0 and {t.oof_net for t in without.up} == {None}
