@@ -35,7 +35,7 @@ class RetrySettings:
     min_retry_concurrency: int = 1000
     #: the fixed breaker kgateway renders (BackendConfigPolicy `maxRetries`, no retry budget
     #: there); the rendered Envoy config uses the budget above
-    max_concurrent: int = 100
+    max_concurrent: int = 1000
     #: failed attempts on a tier before its fallback tier takes over
     attempts_per_tier: int = 1
 
