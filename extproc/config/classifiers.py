@@ -8,9 +8,11 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
+from extproc.config.artifacts import ArtifactError, load_scorer, resolve, scorer_tiers_fit
 from extproc.config.check import Checker, join_path
 from extproc.core.keywords import KeywordMatcher
 from extproc.core.rules import Classifier, Rule, RuleKind, TextScope
+from extproc.core.scorer import ScorerStep
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +90,16 @@ class Canary:
 
 
 _RULE_KEYS = {"name", "kind", "tier", "keywords", "gt", "lt", "enabled"}
+_SCORER_KEYS = {
+    "name",
+    "kind",
+    "model",
+    "sha256",
+    "threshold",
+    "strong_share",
+    "abstain",
+    "enabled",
+}
 
 
 def compile_classifier(
@@ -111,8 +123,12 @@ def compile_classifier(
         check.sequence(spec.get("rules", []), join_path(path, "rules"), empty=True)
     ):
         rule_path = join_path(join_path(path, "rules"), index)
-        rule_spec = check.mapping(item, rule_path, _RULE_KEYS, {"kind", "tier"})
-        rule = _compile_rule(check, rule_spec, rule_path, tiers)
+        if isinstance(item, dict) and item.get("kind") == RuleKind.SCORER.value:
+            rule_spec = check.mapping(item, rule_path, _SCORER_KEYS, {"model", "sha256"})
+            rule = _compile_scorer(check, rule_spec, rule_path, tiers)
+        else:
+            rule_spec = check.mapping(item, rule_path, _RULE_KEYS, {"kind", "tier"})
+            rule = _compile_rule(check, rule_spec, rule_path, tiers)
         if rule.name in seen:
             raise check.fail(join_path(rule_path, "name"), f"duplicate rule name {rule.name!r}")
         seen.add(rule.name)
@@ -129,14 +145,66 @@ def compile_classifier(
     )
 
 
-def _compile_rule(check: Checker, spec: dict[str, Any], path: str, tiers: tuple[str, ...]) -> Rule:
-    kind = RuleKind(
-        check.choice(spec["kind"], join_path(path, "kind"), tuple(k.value for k in RuleKind))
-    )
-    tier = check.choice(spec["tier"], join_path(path, "tier"), tiers)
-    name = check.string(spec.get("name", kind.value), join_path(path, "name"))
+def _compile_scorer(
+    check: Checker, spec: dict[str, Any], path: str, tiers: tuple[str, ...]
+) -> Rule:
+    """A learned scorer step: the artifact is read, checked against its sha256 and compiled."""
+    name = _rule_name(check, spec.get("name", RuleKind.SCORER.value), join_path(path, "name"))
+    model = check.string(spec["model"], join_path(path, "model"))
+    sha256 = check.string(spec["sha256"], join_path(path, "sha256")).lower()
+    if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+        raise check.fail(join_path(path, "sha256"), "expected 64 hexadecimal digits")
+    try:
+        scorer = load_scorer(resolve(model, check.source), sha256)
+    except ArtifactError as exc:
+        raise check.fail(join_path(path, "model"), str(exc)) from None
+    if not scorer_tiers_fit(scorer, tiers):
+        raise check.fail(
+            join_path(path, "model"),
+            f"trained for tiers {', '.join(scorer.tiers)}; the config's are {', '.join(tiers)}",
+        )
+    if "threshold" in spec and "strong_share" in spec:
+        raise check.fail(path, "give 'threshold' or 'strong_share', not both")
+    thresholds = list(scorer.thresholds)
+    share = None
+    if "threshold" in spec:
+        raw = spec["threshold"]
+        where = join_path(path, "threshold")
+        items = raw if isinstance(raw, list) else [raw] * scorer.boundaries
+        if len(items) != scorer.boundaries:
+            raise check.fail(where, f"expected one number or {scorer.boundaries} (per boundary)")
+        thresholds = [_open_unit(check, v, where) for v in items]
+    elif "strong_share" in spec:
+        share = _open_unit(check, spec["strong_share"], join_path(path, "strong_share"))
+        if not scorer.quantiles:
+            raise check.fail(join_path(path, "strong_share"), "the artifact records no quantiles")
+        thresholds[-1] = scorer.threshold_for_share(share)
+    abstain = check.number(spec.get("abstain", 0.0), join_path(path, "abstain"))
+    if abstain >= 0.5:
+        raise check.fail(join_path(path, "abstain"), f"expected a number 0..0.5, got {abstain}")
+    step = ScorerStep(scorer, tuple(thresholds), abstain=abstain, share=share)
+    return Rule(name=name, kind=RuleKind.SCORER, tier=scorer.tiers[-1], scorer=step)
+
+
+def _open_unit(check: Checker, value: object, path: str) -> float:
+    number = check.number(value, path)
+    if not 0.0 < number < 1.0:
+        raise check.fail(path, f"expected a number strictly between 0 and 1, got {number}")
+    return number
+
+
+def _rule_name(check: Checker, value: object, path: str) -> str:
+    name = check.string(value, path)
     if not name.isascii() or any(c.isspace() for c in name):
-        raise check.fail(join_path(path, "name"), "expected ASCII without spaces")
+        raise check.fail(path, "expected ASCII without spaces")
+    return name
+
+
+def _compile_rule(check: Checker, spec: dict[str, Any], path: str, tiers: tuple[str, ...]) -> Rule:
+    kinds = tuple(k.value for k in RuleKind)
+    kind = RuleKind(check.choice(spec["kind"], join_path(path, "kind"), kinds))
+    tier = check.choice(spec["tier"], join_path(path, "tier"), tiers)
+    name = _rule_name(check, spec.get("name", kind.value), join_path(path, "name"))
     if kind is RuleKind.KEYWORD:
         for key in ("gt", "lt"):
             if key in spec:

@@ -13,6 +13,7 @@ from urllib.parse import quote
 
 from extproc.core.chat import ChatRequest
 from extproc.core.rules import Classifier, Rule, RuleKind, TextScope
+from extproc.core.scorer import ScoreResult
 
 #: Kept as they are in the reason header; everything else is percent-encoded UTF-8.
 _PRINTABLE_ASCII = "".join(ch for ch in string.printable if ch.isprintable())
@@ -38,9 +39,16 @@ class Decision:
     chars: int = 0
     bytes: int = 0
     messages: int = 0
+    #: A scorer step's calibrated probability at the boundary that decided (also when it
+    #: abstained and a later rule decided), its threshold, every boundary's probability, and the
+    #: names (never text) of the features that pushed most toward its outcome.
+    score: float | None = None
+    threshold: float | None = None
+    scores: tuple[float, ...] = ()
+    features: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, object]:
-        return {
+        found: dict[str, object] = {
             "tier": self.tier,
             "classifier": self.classifier,
             "rule": self.rule,
@@ -50,6 +58,19 @@ class Decision:
             "bytes": self.bytes,
             "messages": self.messages,
         }
+        if self.score is not None:
+            found.update(
+                score=self.score,
+                threshold=self.threshold,
+                scores=list(self.scores),
+                features=list(self.features),
+            )
+        return found
+
+    @property
+    def score_header(self) -> str | None:
+        """The `x-cascade-score` value (3 decimals), or None without a scorer step."""
+        return None if self.score is None else f"{self.score:.3f}"
 
 
 def select_text(messages: tuple[tuple[str, str], ...], scope: TextScope) -> str:
@@ -65,46 +86,90 @@ def select_text(messages: tuple[tuple[str, str], ...], scope: TextScope) -> str:
 
 
 def classify(chat: ChatRequest, classifier: Classifier) -> Decision:
-    """Evaluate the classifier's rules in order; the first match decides."""
+    """Evaluate the classifier's rules in order; the first match decides.
+
+    A scorer rule decides either way (its tier from the probabilities) unless the probability is
+    within its abstain band, in which case the following rules decide; the decision then still
+    carries the score.
+    """
     text = select_text(chat.messages, classifier.text)
     data = text.encode("utf-8")
     chars, size, count = len(text), len(data), len(chat.messages)
+    scored: ScoreResult | None = None
     for rule in classifier.rules:
         if rule.matcher is not None:
             found = rule.matcher.search(text, data)
             if found:
-                return Decision(
-                    tier=rule.tier,
-                    classifier=classifier.version,
-                    rule=rule.name,
-                    reason=f"{rule.name}:{_ascii(found[0])}",
-                    keywords=found,
-                    chars=chars,
-                    bytes=size,
-                    messages=count,
+                return _decision(
+                    classifier,
+                    rule.tier,
+                    rule.name,
+                    f"{rule.name}:{_ascii(found[0])}",
+                    (chars, size, count),
+                    scored,
+                    found,
+                )
+            continue
+        if rule.scorer is not None:
+            scored = rule.scorer.decide(chat.messages)
+            if scored.tier is not None:
+                sign = ">=" if scored.escalated else "<"
+                reason = f"{rule.name}:p{sign}{scored.threshold:.3f}"
+                return _decision(
+                    classifier, scored.tier, rule.name, reason, (chars, size, count), scored
                 )
             continue
         value = (
             chars if rule.kind is RuleKind.CHARS else size if rule.kind is RuleKind.BYTES else count
         )
         if _in_range(rule, value):
-            return Decision(
-                tier=rule.tier,
-                classifier=classifier.version,
-                rule=rule.name,
-                reason=f"{rule.name}:{rule.describe()}",
-                chars=chars,
-                bytes=size,
-                messages=count,
+            return _decision(
+                classifier,
+                rule.tier,
+                rule.name,
+                f"{rule.name}:{rule.describe()}",
+                (chars, size, count),
+                scored,
             )
+    return _decision(
+        classifier, classifier.default, RULE_DEFAULT, RULE_DEFAULT, (chars, size, count), scored
+    )
+
+
+def _decision(
+    classifier: Classifier,
+    tier: str,
+    rule: str,
+    reason: str,
+    lengths: tuple[int, int, int],
+    scored: ScoreResult | None,
+    keywords: tuple[str, ...] = (),
+) -> Decision:
+    chars, size, count = lengths
+    if scored is None:
+        return Decision(
+            tier=tier,
+            classifier=classifier.version,
+            rule=rule,
+            reason=reason,
+            keywords=keywords,
+            chars=chars,
+            bytes=size,
+            messages=count,
+        )
     return Decision(
-        tier=classifier.default,
+        tier=tier,
         classifier=classifier.version,
-        rule=RULE_DEFAULT,
-        reason=RULE_DEFAULT,
+        rule=rule,
+        reason=reason,
+        keywords=keywords,
         chars=chars,
         bytes=size,
         messages=count,
+        score=scored.score,
+        threshold=scored.threshold,
+        scores=scored.scores,
+        features=scored.features,
     )
 
 

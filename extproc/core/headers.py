@@ -10,6 +10,8 @@ TIER = "x-cascade-tier"
 CLASSIFIER = "x-cascade-classifier"
 #: Short reason, e.g. `keyword:refactor`, `long_text:chars>500`, `default`, `unparsed`.
 REASON = "x-cascade-reason"
+#: A scorer step's calibrated probability (3 decimals) at the boundary that decided.
+SCORE = "x-cascade-score"
 #: Envoy's request id, used in logs and as the canary key when no user key is sent.
 REQUEST_ID = "x-request-id"
 PATH = ":path"

@@ -9,6 +9,7 @@ import enum
 from dataclasses import dataclass
 
 from extproc.core.keywords import KeywordMatcher
+from extproc.core.scorer import ScorerStep
 
 
 class TextScope(enum.Enum):
@@ -24,6 +25,7 @@ class RuleKind(enum.Enum):
     CHARS = "chars"
     BYTES = "bytes"
     MESSAGES = "messages"
+    SCORER = "scorer"
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +36,8 @@ class Rule:
     gt: int | None = None
     lt: int | None = None
     matcher: KeywordMatcher | None = None
+    #: A `scorer` rule's model and thresholds; its `tier` is the top tier it may choose.
+    scorer: ScorerStep | None = None
 
     def describe(self) -> str:
         """A short ASCII description of the condition, e.g. `chars>500`."""

@@ -46,12 +46,15 @@ def decision_mutation(
     remove: Iterable[str] = (),
     extra: Iterable[tuple[str, str]] = (),
 ) -> pb.HeaderMutation:
-    """Set the tier, classifier and reason headers; remove the named (client-sent) ones."""
+    """Set the tier, classifier, reason (and score) headers; remove the named (client-sent)
+    ones."""
+    score = decision.score_header
     mutation = pb.HeaderMutation(
         set_headers=[
             _set(headers.TIER, decision.tier),
             _set(headers.CLASSIFIER, decision.classifier),
             _set(headers.REASON, decision.reason),
+            *([_set(headers.SCORE, score)] if score is not None else []),
             *(_set(name, value) for name, value in extra),
         ]
     )
@@ -74,7 +77,7 @@ def routed(
     The common answer (same tier, version and reason, nothing else) is built once and reused.
     """
     if body is None and not remove and not extra:
-        key = (kind, decision.tier, decision.classifier, decision.reason)
+        key = (kind, decision.tier, decision.classifier, decision.reason, decision.score_header)
         cached = _ROUTED.get(key)
         if cached is None:
             if len(_ROUTED) >= _ROUTED_MAX:
@@ -85,7 +88,7 @@ def routed(
 
 
 # Answers are never mutated once built, so identical decisions can share one message.
-_ROUTED: dict[tuple[str, str, str, str], pb.ProcessingResponse] = {}
+_ROUTED: dict[tuple[str, str, str, str, str | None], pb.ProcessingResponse] = {}
 _ROUTED_MAX = 4096
 
 

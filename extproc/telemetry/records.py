@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from extproc.config.snapshot import Snapshot
+from extproc.core.classify import Decision
 from extproc.routing.observer import DecisionInfo, RequestInfo, ResponseInfo
 from extproc.telemetry.misroute import FALSE_NEGATIVE, RequestSummary, RetryMatch
 from extproc.telemetry.tracing import langfuse_tags
@@ -59,6 +60,17 @@ def tier_label(snapshot: Snapshot, tier: str) -> str:
     return tier if not tier or tier in snapshot.tier_names else OTHER
 
 
+def score_attributes(decision: Decision) -> dict[str, Any]:
+    """A scorer step's span attributes (none without one): score, threshold, feature names."""
+    if decision.score is None:
+        return {}
+    return {
+        "cascade.score": decision.score,
+        "cascade.score_threshold": decision.threshold,
+        "cascade.score_features": list(decision.features),
+    }
+
+
 def decided_attributes(
     request: RequestInfo, decided: DecisionInfo, user_hash: str
 ) -> dict[str, Any]:
@@ -73,6 +85,7 @@ def decided_attributes(
         "cascade.chars": decision.chars,
         "cascade.bytes": decision.bytes,
         "cascade.messages": decision.messages,
+        **score_attributes(decision),
         "cascade.classify_us": round(decided.seconds * 1e6, 1),
         "cascade.request_id": request.request_id,
         "http.request.method": request.method,
@@ -161,6 +174,10 @@ def request_record(
         "signals": [SIGNAL_RETRY] if match is not None else [],
         "trace_id": trace_id or None,
     }
+    if decision is not None and decision.score is not None:
+        record["score"] = decision.score
+        record["threshold"] = decision.threshold
+        record["score_features"] = list(decision.features)
     if match is not None:
         record["retry_of"] = match.request_id
         record["similarity"] = round(match.similarity, 3)

@@ -1,0 +1,181 @@
+"""The learned scorer at serve time: compiled linear models over `extproc.core.features`.
+
+A `Scorer` is what a trained artifact compiles to (`extproc.config.artifacts` reads and checks the
+file; nothing here does I/O). For tiers t0 < t1 < ... < tn it holds one logistic model per
+boundary k: the calibrated probability that tier tk is *not enough* for the request (the label is
+above tk). The probabilities are made non-increasing in k (a request that t1 cannot handle cannot
+be handled by t0 either).
+
+One model's score: `bias + scale * sum(weights[bucket] for every n-gram occurrence) +
+sum(dense_weight * (value - mean) / std)`, then Platt's calibration `1 / (1 + exp(-(a * score +
+b)))`. The weights of every boundary sit in one `(boundaries, buckets)` array so one `take` serves
+all of them.
+
+`ScorerStep` is a scorer placed in a classifier version's rules with its thresholds (per
+boundary) and an abstain band; `decide` returns the tier, or None to fall through to the
+following rules.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from extproc.core.features import DENSE_NAMES, FAMILIES, Features, extract
+
+#: Names of the contributions `explain` can report (never any text of the request).
+CONTRIBUTION_NAMES = FAMILIES + DENSE_NAMES
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Scorer:
+    """A compiled artifact: per-boundary linear models and their calibration."""
+
+    #: Tiers the artifact was trained for, cheapest first.
+    tiers: tuple[str, ...]
+    #: `2**bits` hash buckets.
+    bits: int
+    #: (boundaries, 2**bits) float32 weights of the hashed n-grams.
+    weights: npt.NDArray[np.float32]
+    #: Per boundary: weights of the standardised dense features.
+    dense: tuple[tuple[float, ...], ...]
+    #: Standardisation of the dense features: mean and standard deviation per feature.
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    bias: tuple[float, ...]
+    #: Platt calibration per boundary: p = 1 / (1 + exp(-(a * score + b))).
+    platt: tuple[tuple[float, float], ...]
+    #: Thresholds the artifact was trained with, per boundary (p >= threshold: tier not enough).
+    thresholds: tuple[float, ...]
+    #: Top boundary: (strong share, threshold) pairs from held-out scores, share descending in
+    #: threshold, for thresholds given as a budget.
+    quantiles: tuple[tuple[float, float], ...] = ()
+    #: The content hash the config named (sha256 hex), for logs.
+    sha256: str = ""
+
+    @property
+    def boundaries(self) -> int:
+        return len(self.bias)
+
+    def raw(self, features: Features) -> list[float]:
+        """Uncalibrated scores per boundary."""
+        hashed: list[float] = self._family_sums(features).sum(axis=1).tolist()
+        standard = [
+            (v - m) / s for v, m, s in zip(features.dense, self.mean, self.std, strict=True)
+        ]
+        scale = features.scale
+        return [
+            bias + scale * total + sum(w * x for w, x in zip(weights, standard, strict=True))
+            for bias, total, weights in zip(self.bias, hashed, self.dense, strict=True)
+        ]
+
+    def probabilities(self, features: Features) -> tuple[float, ...]:
+        """Calibrated P(tier k is not enough) per boundary, non-increasing in k."""
+        result: list[float] = []
+        ceiling = 1.0
+        for score, (a, b) in zip(self.raw(features), self.platt, strict=True):
+            ceiling = min(ceiling, _sigmoid(a * score + b))
+            result.append(ceiling)
+        return tuple(result)
+
+    def contributions(self, features: Features, boundary: int) -> list[tuple[str, float]]:
+        """(name, contribution to the raw score) of each feature family and dense feature."""
+        families = self._family_sums(features)[boundary] * features.scale
+        named = list(zip(FAMILIES, families.tolist(), strict=True))
+        for name, w, v, m, s in zip(
+            DENSE_NAMES, self.dense[boundary], features.dense, self.mean, self.std, strict=True
+        ):
+            named.append((name, w * (v - m) / s))
+        return named
+
+    def _family_sums(self, features: Features) -> npt.NDArray[np.float64]:
+        buckets = features.buckets
+        if not len(buckets):
+            return np.zeros((self.boundaries, len(FAMILIES)))
+        taken = self.weights.take(buckets, axis=1)
+        starts = np.minimum(np.array(features.offsets), len(buckets) - 1)
+        sums = np.add.reduceat(taken, starts, axis=1, dtype=np.float64)
+        # an empty family's slot repeats its neighbour in reduceat: zero it
+        ends = np.array([*features.offsets[1:], len(buckets)])
+        sums[:, ends <= np.array(features.offsets)] = 0.0
+        return sums
+
+    def threshold_for_share(self, share: float) -> float:
+        """The top boundary's threshold that sends about `share` of traffic to the top tier."""
+        points = self.quantiles
+        if not points:
+            raise ValueError("the artifact records no score quantiles")
+        for (s0, t0), (s1, t1) in itertools.pairwise(points):
+            if s0 <= share <= s1:
+                return t0 if s1 == s0 else t0 + (t1 - t0) * (share - s0) / (s1 - s0)
+        return points[0][1] if share < points[0][0] else points[-1][1]
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreResult:
+    """What a scorer step found: the tier (None: abstained) and why."""
+
+    tier: str | None
+    #: Probability at the boundary that decided, its threshold and all boundaries' probabilities.
+    score: float
+    threshold: float
+    scores: tuple[float, ...]
+    #: Up to `TOP_FEATURES` feature names that pushed most toward the outcome.
+    features: tuple[str, ...]
+    #: The deciding probability reached its threshold (the tier above the boundary was chosen).
+    escalated: bool
+
+
+TOP_FEATURES = 3
+
+
+@dataclass(frozen=True, slots=True)
+class ScorerStep:
+    """A scorer in a classifier version: thresholds per boundary and an abstain band."""
+
+    scorer: Scorer
+    thresholds: tuple[float, ...]
+    #: |p - threshold| < abstain at a boundary examined: no decision, the next rule decides.
+    abstain: float = 0.0
+    #: The strong share the config asked for, when the top threshold came from a budget.
+    share: float | None = None
+
+    def decide(self, messages: tuple[tuple[str, str], ...]) -> ScoreResult:
+        scorer = self.scorer
+        features = extract(messages, scorer.bits)
+        probabilities = scorer.probabilities(features)
+        tiers = scorer.tiers
+        chosen, boundary, abstained = len(tiers) - 1, len(probabilities) - 1, False
+        for k, (p, threshold) in enumerate(zip(probabilities, self.thresholds, strict=True)):
+            if abs(p - threshold) < self.abstain:
+                abstained = True
+            if p < threshold:
+                chosen, boundary = k, k
+                break
+        escalated = chosen > boundary  # the deciding probability reached its threshold
+        names = _top(scorer.contributions(features, boundary), escalated=escalated)
+        return ScoreResult(
+            tier=None if abstained else tiers[chosen],
+            score=probabilities[boundary],
+            threshold=self.thresholds[boundary],
+            scores=probabilities,
+            features=names,
+            escalated=escalated,
+        )
+
+
+def _top(contributions: list[tuple[str, float]], *, escalated: bool) -> tuple[str, ...]:
+    sign = 1.0 if escalated else -1.0
+    ranked = sorted(contributions, key=lambda item: -sign * item[1])
+    return tuple(name for name, value in ranked[:TOP_FEATURES] if sign * value > 0)
+
+
+def _sigmoid(x: float) -> float:
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    z = math.exp(x)
+    return z / (1.0 + z)
