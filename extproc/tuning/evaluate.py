@@ -16,11 +16,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from extproc.config.snapshot import Classifier, RuleKind, Snapshot, TextScope
-from extproc.core.classify import classify, select_text
+from extproc.core.classify import Decision, classify, select_text
 from extproc.tuning.curve import Curve, CurveMetrics, decision_point, joined_curve, score_curve
 from extproc.tuning.dataset import ReadStats, Record
 from extproc.tuning.evalcurves import CurveCollector, SloCheck, slo_check
-from extproc.tuning.lang import detect_lang
 from extproc.tuning.metrics import (
     CostModel,
     Metrics,
@@ -29,6 +28,7 @@ from extproc.tuning.metrics import (
     metrics_from_tally,
 )
 from extproc.tuning.quality import DEFAULT_QUALITY, QualityReader, QualitySpec
+from extproc.tuning.segments import dominant_script
 from extproc.tuning.variants import binary_shape, compile_variant, is_enabled, version_spec
 
 LOGGED = "logged"
@@ -100,6 +100,8 @@ class _SweepData:
         self.rest: list[array[float]] = [array("d") for _ in range(4)]
         # the family curve, over the records with quality: (score, weight, gain of target)
         self.family: list[tuple[float, float, float]] = []
+        #: the compiled name of the version's length rule ("" when unknown)
+        self.length_rule = ""
 
     def add(
         self,
@@ -108,9 +110,15 @@ class _SweepData:
         label: str | None,
         costs: dict[str, float],
         correct: dict[str, float] | None,
+        full: Decision | None = None,
     ) -> None:
+        """One record; `full` is the version's own decision on it, when known: unless its
+        length rule decided, removing that rule changes nothing, and no second classify()."""
         assert record.chat is not None
-        decision = classify(record.chat, self.other)
+        if full is not None and self.length_rule and full.rule != self.length_rule:
+            decision = full
+        else:
+            decision = classify(record.chat, self.other)
         self.total += weight
         d_mis = 0.0
         if label is not None:
@@ -201,7 +209,13 @@ def _sweep_for(snapshot: Snapshot, version: str) -> _SweepData | None:
     current = int(lengths[0]["gt"]) if lengths else None
     spec["rules"] = [r for r in rules if all(r is not x for x in lengths)]
     other = compile_variant(snapshot, version, spec)
-    return _SweepData(version, other, target, default, current)
+    data = _SweepData(version, other, target, default, current)
+    chars = [r for r in classifier.rules if r.kind is RuleKind.CHARS]
+    if len(chars) == 1 and len(lengths) == 1:
+        data.length_rule = chars[0].name
+    elif not lengths and not chars:
+        data.length_rule = "\x00"  # no length rule: the version's decisions are the sweep's
+    return data
 
 
 class Evaluator:
@@ -262,12 +276,13 @@ class Evaluator:
             self.no_text += 1
         else:
             scores: list[float | None] = []
+            full: dict[str, Decision] = {}
             for version, classifier in zip(self.versions, self.classifiers, strict=True):
-                decision = classify(record.chat, classifier)
+                decision = full[version] = classify(record.chat, classifier)
                 decided.append((version, decision.tier))
                 scores.append(getattr(decision, "score", None))
             for data in self.sweeps:
-                data.add(record, weight, label, costs, correct)
+                data.add(record, weight, label, costs, correct, full.get(data.version))
             if self.collector is not None and correct is not None:
                 tiers = [tier for name, tier in decided if name != LOGGED]
                 self.collector.add(weight, correct, tiers, scores)
@@ -289,7 +304,7 @@ class Evaluator:
         if value is None and record.chat is not None and name in ("lang", "length"):
             text = select_text(record.chat.messages, TextScope.ALL)
             if name == "lang":
-                return detect_lang(text)
+                return dominant_script(text)
             return next((label for limit, label in LENGTH_BUCKETS if len(text) < limit), ">10k")
         if value is None or value == "":
             return NO_VALUE

@@ -152,6 +152,8 @@ class Pooled:
     strong_share: float
     pgr: float | None
     before_pgr: float | None
+    #: the oracle's best PGR with at most the same strong share, on the same records
+    oracle_pgr: float | None = None
 
     @property
     def random_pgr(self) -> float:

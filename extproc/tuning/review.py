@@ -8,16 +8,18 @@ Its rendering as a report is `review_report`; writing the version into a config 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from extproc.config.snapshot import TextScope
 from extproc.core.classify import classify, select_text
+from extproc.tuning.curve import oracle_curve
 from extproc.tuning.dataset import ReadStats
 from extproc.tuning.evaluate import EvalResult, Evaluator, evaluate
 from extproc.tuning.folds import Pooled, pooled
 from extproc.tuning.metrics import CostModel
+from extproc.tuning.quality import QualityReader
 from extproc.tuning.report import metrics_json
 from extproc.tuning.search import PGR
 from extproc.tuning.tune import TuneResult
@@ -57,13 +59,14 @@ class Review:
         pooled (cross-validation), the held-out split, or in-sample when there is neither."""
         result = self.result
         if result.folds:
-            return pooled(result.folds, f"{len(result.folds)} held-out folds, pooled")
+            found = pooled(result.folds, f"{len(result.folds)} held-out folds, pooled")
+            return self._with_oracle(found, range(len(result.records)))
         held = self.held_out
         after, before = held.overall[result.version], held.overall[result.base]
         weak = held.baselines.get(f"always-{result.snapshot.tier_names[0]}")
         if after.misroute is None or before.misroute is None or weak is None:
             return None
-        return Pooled(
+        found = Pooled(
             where=self.held_out_name,
             records=round(after.records),
             misroute=after.misroute,
@@ -73,6 +76,18 @@ class Review:
             pgr=after.pgr,
             before_pgr=before.pgr,
         )
+        return self._with_oracle(found, result.test)
+
+    def _with_oracle(self, found: Pooled | None, indices: Iterable[int]) -> Pooled | None:
+        if found is None or found.pgr is None:
+            return found
+        tiers = self.result.snapshot.tier_names
+        reader = QualityReader(tiers, self.result.options.quality)
+        qualities = [q for i in indices if (q := reader(self.result.records[i])) is not None]
+        oracle = oracle_curve([q[tiers[0]] for q in qualities], [q[tiers[-1]] for q in qualities])
+        if oracle is None:
+            return found
+        return dataclasses.replace(found, oracle_pgr=oracle.pgr_at(found.strong_share))
 
     def loses(self) -> str | None:
         """Why the version is not worth writing (it loses out of fold), with the figures."""

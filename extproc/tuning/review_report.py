@@ -210,7 +210,8 @@ def oof_blocks(rev: Review) -> list[Block]:
     if oof.pgr is not None:
         pgr = (
             f"; PGR {ratio(oof.before_pgr)} -> {ratio(oof.pgr)} at a "
-            f"{pct(oof.strong_share)} strong share (random at that share: {ratio(oof.random_pgr)})"
+            f"{pct(oof.strong_share)} strong share (random at that share: {ratio(oof.random_pgr)}"
+            f", the oracle: {ratio(oof.oracle_pgr)})"
         )
     lost = rev.loses()
     if lost:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import random
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -13,8 +14,10 @@ from extproc.config.snapshot import Snapshot, compile_config
 from extproc.tuning.dataset import ReadStats, read_records
 from extproc.tuning.document import render_html, render_markdown, render_text, write_report
 from extproc.tuning.evaluate import LOGGED, EvalResult, Evaluator, evaluate
+from extproc.tuning.lang import detect_lang
 from extproc.tuning.metrics import CostModel
 from extproc.tuning.report import eval_blocks, eval_json
+from extproc.tuning.segments import dominant_script
 from tests.unit.tuning_data import PRICED_CONFIG, chat, records, write_jsonl
 
 
@@ -199,3 +202,25 @@ def test_eval_file_of_10k_lines_streams(priced: Snapshot, tmp_path: Path) -> Non
     evaluator = Evaluator(priced, ["v1"], CostModel({}))
     result = evaluate(read_records(path), evaluator, "big", ReadStats())
     assert result.overall["v1"].records == 2000
+
+
+def test_dominant_script_agrees_with_detect_lang() -> None:
+    rng = random.Random(11)
+    alphabet = (
+        "abcXYZ 12_é ß ñ ΩЖ한국어中文かなカナー・ㄱ،ع١²½’“”\u1100\u318f\uf900\u3400\u0250\u1e00"
+    )
+    texts = ["", "1234 !!", "x" * 1990 + "한국어" * 10, "Debug 이 코드 please now"]
+    texts += ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 80))) for _ in range(3000)]
+    for text in texts:
+        assert dominant_script(text) == detect_lang(text), text
+
+
+def test_sweep_reuses_the_versions_decisions_exactly(priced: Snapshot) -> None:
+    items = ITEMS * 3 + [chat("y" * n, "strong" if n > 120 else "weak") for n in range(0, 300, 7)]
+    fast = Evaluator(priced, ["v1"], CostModel({}))
+    slow = Evaluator(priced, ["v1"], CostModel({}))
+    assert fast.sweeps[0].length_rule == "long_text"
+    slow.sweeps[0].length_rule = ""  # classify() the variant without the rule on every record
+    one = evaluate(records(items), fast, "t", ReadStats())
+    two = evaluate(records(items), slow, "t", ReadStats())
+    assert one.sweeps == two.sweeps and one.curves == two.curves
