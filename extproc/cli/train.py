@@ -123,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {path}", file=sys.stderr)
     print(
         f"wrote {args.output}; add to a classifier version's rules:\n"
-        f"  - {{name: scorer, kind: scorer, model: {args.output}, sha256: {digest}}}",
+        f"  - {{name: scorer, kind: scorer, model: {args.output}, sha256: '{digest}'}}",
         file=sys.stderr,
     )
     return 0

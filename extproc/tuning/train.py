@@ -8,10 +8,11 @@ dense features.
 
 Out-of-fold scores come from K-fold cross-validation grouped by a key (`group_by`, else the first
 of `GROUP_FIELDS` the records have, else one group per record): a group's records are always in
-the same fold. Platt's calibration (a, b) is fitted on the out-of-fold scores, the final models
-on every record (as scikit-learn's `CalibratedClassifierCV(ensemble=False)` does). The top
-boundary's out-of-fold calibrated probabilities give the score quantiles recorded in the artifact,
-from which a target strong share becomes a threshold. Everything random is seeded.
+the same fold. Platt's calibration (a, b) is fitted on the out-of-fold scores; the shipped model
+of a boundary is the mean of its K fold models (a linear model too, on the scale the calibration
+was measured on). The top boundary's out-of-fold calibrated probabilities give the score quantiles
+recorded in the artifact, from which a target strong share becomes a threshold. Everything random
+is seeded.
 """
 
 from __future__ import annotations
@@ -258,27 +259,50 @@ def share_threshold(pairs: Sequence[tuple[float, float]], share: float) -> float
     return pairs[0][1] if share < pairs[0][0] else pairs[-1][1]
 
 
+@dataclass(slots=True)
+class CrossValidated:
+    raw: FloatArray  # out-of-fold raw scores, (records, boundaries)
+    models: list[Fitted]  # per boundary: the mean of the fold models
+    solver: str
+    mean: FloatArray
+    std: FloatArray
+
+
 def cross_validate(
     design: Design, tiers: Sequence[str], options: TrainOptions, folds: npt.NDArray[np.intp]
-) -> tuple[FloatArray, str, FloatArray, FloatArray]:
-    """Out-of-fold raw scores (records, boundaries), the solver, and the standardisation."""
+) -> CrossValidated:
+    """Out-of-fold raw scores and, per boundary, the average of the fold models.
+
+    The average of linear models is a linear model. Shipping it rather than a refit on every
+    record keeps the served scores on the scale the calibration and the quantiles were measured
+    on (models fitted on (K-1)/K of the records), so a budget holds on new traffic.
+    """
     mean, std = standardization(design.dense)
     matrix = design_matrix(design, mean, std)
     solver = choose_solver(matrix, options.solver)
-    raw = np.zeros((matrix.shape[0], len(tiers) - 1))
+    boundaries = len(tiers) - 1
+    raw = np.zeros((matrix.shape[0], boundaries))
+    sums = [Fitted(np.zeros(1 << options.bits, np.float32), np.zeros(len(DENSE_NAMES)), 0.0)]
+    sums = [Fitted(sums[0].hashed.copy(), sums[0].dense.copy(), 0.0) for _ in range(boundaries)]
+    used = 0
     for fold in range(options.folds):
         test = folds == fold
         if not test.any():
             continue
+        used += 1
         train_rows = matrix[~test]
-        for k in range(len(tiers) - 1):
+        for k in range(boundaries):
             fitted = fit_boundary(train_rows, design.ranks[~test] > k, options, solver)
             raw[test, k] = raw_scores(matrix[test], fitted)
-    return raw, solver, mean, std
+            sums[k].hashed += fitted.hashed
+            sums[k].dense += fitted.dense
+            sums[k].bias += fitted.bias
+    models = [Fitted(m.hashed / used, m.dense / used, m.bias / used) for m in sums]
+    return CrossValidated(raw, models, solver, mean, std)
 
 
 def train(records: Sequence[Record], tiers: Sequence[str], options: TrainOptions) -> Trained:
-    """Cross-validate, calibrate and fit on everything; the artifact document is in the result."""
+    """Cross-validate and calibrate; the artifact document is in the result."""
     if len(tiers) < 2:
         raise TrainError("a scorer needs two or more tiers")
     if options.folds < 2:
@@ -290,7 +314,8 @@ def train(records: Sequence[Record], tiers: Sequence[str], options: TrainOptions
     if len(set(design.ranks.tolist())) < 2:
         raise TrainError("every record has the same label: there is nothing to learn")
     folds = assign_folds(design.groups, options.folds, options.seed)
-    raw, solver, mean, std = cross_validate(design, tiers, options, folds)
+    cv = cross_validate(design, tiers, options, folds)
+    raw, solver, mean, std = cv.raw, cv.solver, cv.mean, cv.std
     boundaries = len(tiers) - 1
     calibration = [platt(raw[:, k], design.ranks > k) for k in range(boundaries)]
     oof = np.column_stack([calibrated(raw[:, k], *calibration[k]) for k in range(boundaries)])
@@ -299,10 +324,8 @@ def train(records: Sequence[Record], tiers: Sequence[str], options: TrainOptions
     thresholds = [options.threshold or 0.5] * boundaries
     if options.target_share is not None:
         thresholds[-1] = share_threshold(pairs, options.target_share)
-    matrix = design_matrix(design, mean, std)
     entries = []
-    for k in range(boundaries):
-        fitted = fit_boundary(matrix, design.ranks > k, options, solver)
+    for k, fitted in enumerate(cv.models):
         text, digest = encode_weights(fitted.hashed)
         entries.append(
             {
