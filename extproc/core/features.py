@@ -12,7 +12,7 @@ What is extracted:
   syllable or a Han character is one character whatever its UTF-8 length; word 1- and 2-grams
   where the text has spaces (a word is a run of letters or digits of a spaced script: Latin,
   Hangul, Greek, Cyrillic, ...; Han and kana are not spaced and are covered by the character
-  n-grams). Each n-gram is hashed (a polynomial hash over 64 bits, then Fibonacci hashing) to one
+  n-grams). Each n-gram is hashed (a polynomial hash over 32 bits, then Fibonacci hashing) to one
   of `2**bits` buckets; the buckets of one request are returned with repeats, each occurrence
   weighing `1/sqrt(occurrences)`.
 - `DENSE_NAMES`: log lengths of the user text and of the system prompt separately (characters,
@@ -56,12 +56,11 @@ DENSE_NAMES = (
 #: Roles whose text counts as the system prompt.
 SYSTEM_ROLES = ("system", "developer")
 
-U64 = np.uint64
-_K = U64(0x9E3779B97F4A7C15)  # n-gram polynomial step (odd)
-_MIX = U64(0xBF58476D1CE4E5B9)  # Fibonacci hashing multiplier (odd)
-_WORD_BASE = U64(0x100000001B3)  # word hash polynomial base (odd, so invertible mod 2**64)
-_WORD_SALT = U64(0x94D049BB133111EB)
-_BIGRAM = U64(0xD6E8FEB86659FD93)
+U32 = np.uint32
+_K = U32(0x9E3779B1)  # n-gram polynomial step (odd)
+_MIX = U32(0x85EBCA6B)  # Fibonacci hashing multiplier (odd)
+_WORD_MIX = U32(0xC2B2AE35)  # words and n-grams land on other buckets
+_BIGRAM = U32(0x27D4EB2F)
 
 # Character classes of the Basic Multilingual Plane (code points above it share the last slot).
 _PUNCT, _DIGIT, _LOWER, _UPPER, _LATIN, _LATIN_UPPER = 0, 1, 2, 3, 4, 5
@@ -94,26 +93,11 @@ def _class_table() -> npt.NDArray[np.intp]:
 
 _CLASS = _class_table()
 #: A code point of the Basic Multilingual Plane (or 0x10000 for any above it), lower-cased.
-_LOWERED = np.arange(0x10001, dtype=np.uint64)
-_LOWERED[np.isin(_CLASS, [_UPPER, _LATIN_UPPER])] += U64(32)
+_LOWERED = np.arange(0x10001, dtype=np.uint32)
+_LOWERED[np.isin(_CLASS, [_UPPER, _LATIN_UPPER])] += U32(32)
 #: Classes that make up words (spaced scripts).
-_WORDISH = np.zeros(_CLASSES, dtype=np.int8)
+_WORDISH = np.zeros(_CLASSES, dtype=np.uint32)
 _WORDISH[[_DIGIT, _LOWER, _UPPER, _LATIN, _LATIN_UPPER, _HANGUL, _LETTER]] = 1
-
-
-def _powers(count: int) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64]]:
-    inverse = pow(int(_WORD_BASE), -1, 1 << 64)
-    with np.errstate(over="ignore"):
-        base = np.full(count, _WORD_BASE, dtype=np.uint64)
-        base[0] = 1
-        powers = np.cumprod(base, dtype=np.uint64)
-        inv = np.full(count, U64(inverse), dtype=np.uint64)
-        inv[0] = 1
-        inverses = np.cumprod(inv, dtype=np.uint64)
-    return powers, inverses
-
-
-_POW, _INV = _powers(WINDOW + 2)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -122,8 +106,11 @@ class Features:
 
     #: Bucket of every hashed n-gram occurrence (repeats kept), families in `FAMILIES` order.
     buckets: npt.NDArray[np.intp]
-    #: Start of each family in `buckets` (for `np.add.reduceat`); families may be empty.
+    #: Start of each family in `buckets`, one per `FAMILIES`; families may be empty.
     offsets: tuple[int, ...]
+    #: The families that are not empty, and their starts (for `np.add.reduceat`).
+    present: tuple[int, ...]
+    starts: npt.NDArray[np.intp]
     #: The weight of one occurrence: 1/sqrt(len(buckets)), or 0.0 without any.
     scale: float
     #: Values of `DENSE_NAMES`, unscaled.
@@ -142,43 +129,60 @@ def extract(messages: tuple[tuple[str, str], ...], bits: int) -> Features:
     user, system, turns = user_and_system(messages)
     size = len(user)
     window = user if size <= WINDOW else f"{user[:HEAD]} {user[-TAIL:]}"
-    points = np.frombuffer(window.encode("utf-32-le"), dtype=np.uint32)
-    clipped = np.minimum(points, 0x10000)
+    # (unsigned array arithmetic wraps modulo 2**32 silently, which is what hashing wants)
+    clipped = np.minimum(np.frombuffer(window.encode("utf-32-le"), dtype=np.uint32), 0x10000)
     classes = _CLASS.take(clipped)
     low = _LOWERED.take(clipped)
-    n = len(low)
     parts = [low]
-    # (unsigned array arithmetic wraps modulo 2**64 silently, which is what hashing wants)
     prev = low
     for order in (2, 3, 4):
-        prev = prev[:-1] * _K + low[order - 1 :] if n >= order else low[:0]
+        prev = prev[:-1] * _K + low[order - 1 :]
         parts.append(prev)
-    words = _words(low, classes) if " " in window else low[:0]
-    parts.append(words)
-    parts.append(words[:-1] * _BIGRAM + words[1:] if len(words) > 1 else low[:0])
-    hashes = np.concatenate(parts) * _MIX
-    buckets = (hashes >> U64(64 - bits)).astype(np.intp)
-    offsets, start = [], 0
-    for part in parts:
+    if " " in window:
+        words = _words(low, parts[1], classes)
+        parts += [words, words[:-1] * _BIGRAM + words[1:]]
+    hashes = np.concatenate(parts)
+    hashes *= _MIX
+    hashes >>= U32(32 - bits)
+    offsets, present, starts, start = [], [], [], 0
+    for index, part in enumerate(parts):
         offsets.append(start)
+        if len(part):
+            present.append(index)
+            starts.append(start)
         start += len(part)
-    counts = np.bincount(classes, minlength=_CLASSES).tolist() if n else [0] * _CLASSES
+    offsets += [start] * (len(FAMILIES) - len(offsets))
+    counts = np.bincount(classes, minlength=_CLASSES).tolist()
     dense = _dense(window, counts, size, system, len(messages), turns)
-    return Features(buckets, tuple(offsets), 1.0 / math.sqrt(start) if start else 0.0, dense)
+    scale = 1.0 / math.sqrt(start) if start else 0.0
+    return Features(
+        hashes.astype(np.intp),
+        tuple(offsets),
+        tuple(present),
+        np.array(starts, dtype=np.intp),
+        scale,
+        dense,
+    )
 
 
-def _words(low: npt.NDArray[np.uint64], classes: npt.NDArray[np.intp]) -> npt.NDArray[np.uint64]:
-    """One hash per word: (prefix[end] - prefix[start]) / base**start, mod 2**64."""
-    n = len(low)
-    edges = np.zeros(n + 2, dtype=np.int8)
-    _WORDISH.take(classes, out=edges[1:-1])
-    bounds = np.flatnonzero(edges[1:] != edges[:-1])
-    starts, ends = bounds[0::2], bounds[1::2]
-    prefix = np.zeros(n + 1, dtype=np.uint64)
-    np.cumsum(low * _POW[:n], out=prefix[1:])
-    hashed: npt.NDArray[np.uint64] = (prefix.take(ends) - prefix.take(starts)) * _INV.take(
-        starts
-    ) + _WORD_SALT
+def _words(
+    low: npt.NDArray[np.uint32], pairs: npt.NDArray[np.uint32], classes: npt.NDArray[np.intp]
+) -> npt.NDArray[np.uint32]:
+    """One hash per word: the sum of its characters and of its character pairs' hashes.
+
+    (A bag of characters and pairs: order-sensitive enough for words, and one `reduceat` over
+    the text instead of a hash per word; characters outside words weigh nothing.)
+    """
+    inside = _WORDISH.take(classes)
+    values = low * inside
+    values[:-1] += pairs * (inside[:-1] & inside[1:])
+    starts = np.flatnonzero(inside[1:] > inside[:-1]) + 1
+    if inside[0]:
+        starts = np.concatenate(([0], starts))
+    if not len(starts):
+        return low[:0]
+    hashed: npt.NDArray[np.uint32] = np.add.reduceat(values, starts, dtype=np.uint32)
+    hashed *= _WORD_MIX
     return hashed
 
 

@@ -18,6 +18,7 @@ following rules.
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import math
 from dataclasses import dataclass
@@ -63,46 +64,59 @@ class Scorer:
 
     def raw(self, features: Features) -> list[float]:
         """Uncalibrated scores per boundary."""
-        hashed: list[float] = self._family_sums(features).sum(axis=1).tolist()
-        standard = [
-            (v - m) / s for v, m, s in zip(features.dense, self.mean, self.std, strict=True)
-        ]
-        scale = features.scale
-        return [
-            bias + scale * total + sum(w * x for w, x in zip(weights, standard, strict=True))
-            for bias, total, weights in zip(self.bias, hashed, self.dense, strict=True)
-        ]
+        return self._raw(features, self.family_sums(features))
 
     def probabilities(self, features: Features) -> tuple[float, ...]:
         """Calibrated P(tier k is not enough) per boundary, non-increasing in k."""
+        return self.calibrate(self.raw(features))
+
+    def calibrate(self, raw: list[float]) -> tuple[float, ...]:
         result: list[float] = []
         ceiling = 1.0
-        for score, (a, b) in zip(self.raw(features), self.platt, strict=True):
+        for score, (a, b) in zip(raw, self.platt, strict=True):
             ceiling = min(ceiling, _sigmoid(a * score + b))
             result.append(ceiling)
         return tuple(result)
 
-    def contributions(self, features: Features, boundary: int) -> list[tuple[str, float]]:
+    def contributions(
+        self, features: Features, boundary: int, sums: list[list[float]] | None = None
+    ) -> list[tuple[str, float]]:
         """(name, contribution to the raw score) of each feature family and dense feature."""
-        families = self._family_sums(features)[boundary] * features.scale
-        named = list(zip(FAMILIES, families.tolist(), strict=True))
+        families = (sums or self.family_sums(features))[boundary]
+        scale = features.scale
+        named = [(name, total * scale) for name, total in zip(FAMILIES, families, strict=True)]
         for name, w, v, m, s in zip(
             DENSE_NAMES, self.dense[boundary], features.dense, self.mean, self.std, strict=True
         ):
             named.append((name, w * (v - m) / s))
         return named
 
-    def _family_sums(self, features: Features) -> npt.NDArray[np.float64]:
-        buckets = features.buckets
-        if not len(buckets):
-            return np.zeros((self.boundaries, len(FAMILIES)))
-        taken = self.weights.take(buckets, axis=1)
-        starts = np.minimum(np.array(features.offsets), len(buckets) - 1)
-        sums = np.add.reduceat(taken, starts, axis=1, dtype=np.float64)
-        # an empty family's slot repeats its neighbour in reduceat: zero it
-        ends = np.array([*features.offsets[1:], len(buckets)])
-        sums[:, ends <= np.array(features.offsets)] = 0.0
+    def family_sums(self, features: Features) -> list[list[float]]:
+        """Per boundary, the sum of the weights of each family's n-gram occurrences."""
+        present = features.present
+        if not present:
+            return [[0.0] * len(FAMILIES) for _ in range(self.boundaries)]
+        taken = self.weights.take(features.buckets, axis=1)
+        found: list[list[float]] = np.add.reduceat(
+            taken, features.starts, axis=1, dtype=np.float64
+        ).tolist()
+        if len(present) == len(FAMILIES):
+            return found
+        sums = [[0.0] * len(FAMILIES) for _ in range(self.boundaries)]
+        for row, values in zip(sums, found, strict=True):
+            for i, value in zip(present, values, strict=True):
+                row[i] = value
         return sums
+
+    def _raw(self, features: Features, sums: list[list[float]]) -> list[float]:
+        standard = [
+            (v - m) / s for v, m, s in zip(features.dense, self.mean, self.std, strict=True)
+        ]
+        scale = features.scale
+        return [
+            bias + scale * sum(totals) + sum(w * x for w, x in zip(weights, standard, strict=True))
+            for bias, totals, weights in zip(self.bias, sums, self.dense, strict=True)
+        ]
 
     def threshold_for_share(self, share: float) -> float:
         """The top boundary's threshold that sends about `share` of traffic to the top tier."""
@@ -147,7 +161,8 @@ class ScorerStep:
     def decide(self, messages: tuple[tuple[str, str], ...]) -> ScoreResult:
         scorer = self.scorer
         features = extract(messages, scorer.bits)
-        probabilities = scorer.probabilities(features)
+        sums = scorer.family_sums(features)
+        probabilities = scorer.calibrate(scorer._raw(features, sums))
         tiers = scorer.tiers
         chosen, boundary, abstained = len(tiers) - 1, len(probabilities) - 1, False
         for k, (p, threshold) in enumerate(zip(probabilities, self.thresholds, strict=True)):
@@ -157,7 +172,7 @@ class ScorerStep:
                 chosen, boundary = k, k
                 break
         escalated = chosen > boundary  # the deciding probability reached its threshold
-        names = _top(scorer.contributions(features, boundary), escalated=escalated)
+        names = _top(scorer.contributions(features, boundary, sums), escalated=escalated)
         return ScoreResult(
             tier=None if abstained else tiers[chosen],
             score=probabilities[boundary],
@@ -170,8 +185,8 @@ class ScorerStep:
 
 def _top(contributions: list[tuple[str, float]], *, escalated: bool) -> tuple[str, ...]:
     sign = 1.0 if escalated else -1.0
-    ranked = sorted(contributions, key=lambda item: -sign * item[1])
-    return tuple(name for name, value in ranked[:TOP_FEATURES] if sign * value > 0)
+    best = heapq.nlargest(TOP_FEATURES, contributions, key=lambda item: sign * item[1])
+    return tuple(name for name, value in best if sign * value > 0)
 
 
 def _sigmoid(x: float) -> float:

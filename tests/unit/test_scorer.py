@@ -32,7 +32,7 @@ from extproc.core.scorer import Scorer, ScorerStep
 from extproc.routing.mutations import decision_mutation
 
 BITS = 10
-MASK = (1 << 64) - 1
+MASK = (1 << 32) - 1
 
 
 def chat(*messages: tuple[str, str]) -> ChatRequest:
@@ -60,8 +60,7 @@ def _wordish(ch: str) -> bool:
 
 
 def reference_buckets(text: str, bits: int) -> list[int]:
-    k, mix = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9
-    base, salt, bigram = 0x100000001B3, 0x94D049BB133111EB, 0xD6E8FEB86659FD93
+    k, mix, word_mix, bigram = 0x9E3779B1, 0x85EBCA6B, 0xC2B2AE35, 0x27D4EB2F
     codes = [_lower(ch) for ch in text]
     hashes: list[int] = []
     for order in (1, 2, 3, 4):
@@ -77,11 +76,12 @@ def reference_buckets(text: str, bits: int) -> list[int]:
             if _wordish(ch):
                 current.append(code)
             elif current:
-                words.append((sum(c * base**j for j, c in enumerate(current)) + salt) & MASK)
+                pairs = [(a * k + b) & MASK for a, b in itertools.pairwise(current)]
+                words.append(((sum(current) + sum(pairs)) * word_mix) & MASK)
                 current = []
     hashes += words
     hashes += [(a * bigram + b) & MASK for a, b in itertools.pairwise(words)]
-    return [((h * mix) & MASK) >> (64 - bits) for h in hashes]
+    return [((h * mix) & MASK) >> (32 - bits) for h in hashes]
 
 
 @pytest.mark.parametrize(
