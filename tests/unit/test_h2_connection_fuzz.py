@@ -183,3 +183,20 @@ def test_random_frames_never_raise_or_leak_sessions(
     parsed = h2.read_frames(written, h2.DEFAULT_MAX_FRAME)
     assert not written, "a partial frame was written"
     assert parsed[0][0] == h2.SETTINGS
+
+
+class GonePeerTransport(RecordingTransport):
+    """A socket whose peer has already gone: shutdown(SHUT_WR) fails with ENOTCONN."""
+
+    def write_eof(self) -> None:
+        raise OSError(107, "Transport endpoint is not connected")
+
+
+def test_go_away_to_a_peer_that_is_gone_aborts_quietly() -> None:
+    server = H2Server({PATH: Session}, {UNARY: unary}, max_message=1024)
+    connection = H2Connection(server)
+    transport = GonePeerTransport()
+    connection.connection_made(transport)
+    connection.data_received(h2.PREFACE + h2.settings_frame(()))
+    connection.go_away()  # what server.stop does for every connection: must not raise
+    assert transport.closed

@@ -139,7 +139,11 @@ class CallOutput(asyncio.Protocol):
             # FIN after the GOAWAY, and keep swallowing input until the peer closes (or `tick`
             # aborts a second later): closing with unread input would send a RST that can
             # destroy the GOAWAY before the peer reads it
-            transport.write_eof()
+            try:
+                transport.write_eof()
+            except OSError:  # the peer is already gone (ENOTCONN): nothing left to tell it
+                transport.abort()
+                return
             transport.resume_reading()
         else:
             transport.close()
