@@ -42,7 +42,7 @@ from extproc.tuning.dataset import Record
 GROUP_FIELDS = ("conversation_id", "session_id", "user_id", "user")
 #: Above this many stored values the fit switches from liblinear's dual coordinate descent to
 #: SGD (same loss): the first converges in seconds on a few thousand records, the second scales.
-SGD_ABOVE_NNZ = 5_000_000
+SGD_ABOVE_NNZ = 2_500_000
 SHARE_GRID = tuple(round(0.01 * i, 2) for i in range(1, 100))
 
 FloatArray = npt.NDArray[np.float64]
