@@ -282,8 +282,10 @@ def cross_validate(
     solver = choose_solver(matrix, options.solver)
     boundaries = len(tiers) - 1
     raw = np.zeros((matrix.shape[0], boundaries))
-    sums = [Fitted(np.zeros(1 << options.bits, np.float32), np.zeros(len(DENSE_NAMES)), 0.0)]
-    sums = [Fitted(sums[0].hashed.copy(), sums[0].dense.copy(), 0.0) for _ in range(boundaries)]
+    sums = [
+        Fitted(np.zeros(1 << options.bits, np.float32), np.zeros(len(DENSE_NAMES)), 0.0)
+        for _ in range(boundaries)
+    ]
     used = 0
     for fold in range(options.folds):
         test = folds == fold
@@ -297,7 +299,9 @@ def cross_validate(
             sums[k].hashed += fitted.hashed
             sums[k].dense += fitted.dense
             sums[k].bias += fitted.bias
-    models = [Fitted(m.hashed / used, m.dense / used, m.bias / used) for m in sums]
+    models = [
+        Fitted((m.hashed / used).astype(np.float32), m.dense / used, m.bias / used) for m in sums
+    ]
     return CrossValidated(raw, models, solver, mean, std)
 
 
