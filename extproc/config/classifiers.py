@@ -8,11 +8,9 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
-from extproc.config.artifacts import ArtifactError, load_scorer, resolve, scorer_tiers_fit
 from extproc.config.check import Checker, join_path
 from extproc.core.keywords import KeywordMatcher
 from extproc.core.rules import Classifier, Rule, RuleKind, TextScope
-from extproc.core.scorer import ScorerStep
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +146,13 @@ def compile_classifier(
 def _compile_scorer(
     check: Checker, spec: dict[str, Any], path: str, tiers: tuple[str, ...]
 ) -> Rule:
-    """A learned scorer step: the artifact is read, checked against its sha256 and compiled."""
+    """A learned scorer step: the artifact is read, checked against its sha256 and compiled.
+
+    Imported here, not at module level: numpy loads only into servers whose config has a scorer.
+    """
+    from extproc.config.artifacts import ArtifactError, load_scorer, resolve, scorer_tiers_fit
+    from extproc.core.scorer import ScorerStep
+
     name = _rule_name(check, spec.get("name", RuleKind.SCORER.value), join_path(path, "name"))
     model = check.string(spec["model"], join_path(path, "model"))
     sha256 = check.string(spec["sha256"], join_path(path, "sha256")).lower()

@@ -9,11 +9,14 @@ from __future__ import annotations
 import hashlib
 import string
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from extproc.core.chat import ChatRequest
 from extproc.core.rules import Classifier, Rule, RuleKind, TextScope
-from extproc.core.scorer import ScoreResult
+
+if TYPE_CHECKING:  # numpy loads only with a scorer step in the config
+    from extproc.core.scorer import ScoreResult
 
 #: Kept as they are in the reason header; everything else is percent-encoded UTF-8.
 _PRINTABLE_ASCII = "".join(ch for ch in string.printable if ch.isprintable())

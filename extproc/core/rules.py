@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from extproc.core.keywords import KeywordMatcher
-from extproc.core.scorer import ScorerStep
+
+if TYPE_CHECKING:  # numpy loads only with a scorer step in the config
+    from extproc.core.scorer import ScorerStep
 
 
 class TextScope(enum.Enum):
