@@ -6,6 +6,7 @@ requests through the same function.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import string
 from dataclasses import dataclass
@@ -149,18 +150,7 @@ def _decision(
     keywords: tuple[str, ...] = (),
 ) -> Decision:
     chars, size, count = lengths
-    if scored is None:
-        return Decision(
-            tier=tier,
-            classifier=classifier.version,
-            rule=rule,
-            reason=reason,
-            keywords=keywords,
-            chars=chars,
-            bytes=size,
-            messages=count,
-        )
-    return Decision(
+    decision = Decision(
         tier=tier,
         classifier=classifier.version,
         rule=rule,
@@ -169,6 +159,11 @@ def _decision(
         chars=chars,
         bytes=size,
         messages=count,
+    )
+    if scored is None:
+        return decision
+    return dataclasses.replace(
+        decision,
         score=scored.score,
         threshold=scored.threshold,
         scores=scored.scores,

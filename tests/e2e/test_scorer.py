@@ -14,24 +14,7 @@ from tests.e2e.harness import ENVOY, Gateway
 
 pytest.importorskip("sklearn")
 
-PLAIN = [
-    "the",
-    "a",
-    "of",
-    "to",
-    "list",
-    "sort",
-    "file",
-    "read",
-    "write",
-    "loop",
-    "value",
-    "name",
-    "user",
-    "page",
-    "table",
-    "query",
-]
+PLAIN = "the a of to list sort file read write loop value name user page table query".split()
 HARD = "eigenvalue"
 
 

@@ -16,7 +16,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 
@@ -59,6 +59,11 @@ def server_for(servers: dict[str, Server], transport: str) -> Server:
 def grpcio_cannot(reason: str) -> pytest.MarkDecorator:
     """What grpc.aio's channel options cannot bound (docs/security.md says so too)."""
     return pytest.mark.xfail(strict=True, reason=reason)
+
+
+def h2_but_not_grpcio(reason: str) -> list[Any]:
+    """Both transports, grpcio marked with what it cannot bound."""
+    return [pytest.param("h2"), pytest.param("grpcio", marks=grpcio_cannot(reason))]
 
 
 H2_ONLY = [pytest.param("h2")]
@@ -107,16 +112,10 @@ def report(name: str, probe: Probe, **figures: object) -> None:
 
 @pytest.mark.parametrize(
     "transport",
-    [
-        pytest.param("h2"),
-        pytest.param(
-            "grpcio",
-            marks=grpcio_cannot(
-                "grpc core stops reading a connection it cannot write to (RSS stays flat) "
-                "but has no send timeout: the connection is never closed"
-            ),
-        ),
-    ],
+    h2_but_not_grpcio(
+        "grpc core stops reading a connection it cannot write to (RSS stays flat) "
+        "but has no send timeout: the connection is never closed"
+    ),
 )
 async def test_client_that_never_reads_is_cut_off(
     servers: dict[str, Server], transport: str
@@ -304,16 +303,10 @@ async def test_rapid_reset_gets_goaway(servers: dict[str, Server], transport: st
 
 @pytest.mark.parametrize(
     "transport",
-    [
-        pytest.param("h2"),
-        pytest.param(
-            "grpcio",
-            marks=grpcio_cannot(
-                "grpc core holds every answer blocked by a zero window (no output cap, no "
-                "send timeout): RSS grows with the calls"
-            ),
-        ),
-    ],
+    h2_but_not_grpcio(
+        "grpc core holds every answer blocked by a zero window (no output cap, no "
+        "send timeout): RSS grows with the calls"
+    ),
 )
 async def test_zero_window_with_large_bodies_is_bounded(
     servers: dict[str, Server], transport: str
