@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from extproc.config.snapshot import Classifier, Snapshot, compile_document
+from extproc.core.rules import RuleKind
 
 
 def version_spec(snapshot: Snapshot, version: str) -> dict[str, Any]:
@@ -39,8 +40,11 @@ def binary_shape(classifier: Classifier, tiers: tuple[str, ...]) -> tuple[str, s
     """(target, default) when every enabled rule sends to one tier and the default is another.
 
     Such a version decides "target if any rule matches, else default", whatever the rule order,
-    which is what the threshold sweep and the tuner rely on. None for any other shape.
+    which is what the threshold sweep and the tuner rely on. None for any other shape, and for a
+    version with a learned scorer step (it may send a request to any tier, whatever its `tier`).
     """
+    if any(rule.kind is RuleKind.SCORER for rule in classifier.rules):
+        return None
     targets = {rule.tier for rule in classifier.rules}
     if len(targets) > 1:
         return None
