@@ -110,6 +110,11 @@ class RequestProcessor:
             self.observer.classifier_failed(self.info)
         return mutations.EMPTY_BY_KIND.get(kind, mutations.EMPTY_REQUEST_HEADERS)
 
+    @property
+    def pending(self) -> bool:
+        """Something to report once the last answer is written (`after_answer`)."""
+        return self._pending is not None
+
     def after_answer(self) -> None:
         """Report what the last answer decided; the transport calls it once the answer is sent."""
         pending = self._pending

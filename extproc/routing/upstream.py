@@ -133,6 +133,9 @@ class UpstreamProcessor:
         document["model"] = model
         return orjson.dumps(document)
 
+    #: nothing is ever deferred on the per-attempt role
+    pending = False
+
     def after_answer(self) -> None:
         """Nothing is deferred on the per-attempt role (the fallback count is taken inline)."""
 

@@ -69,7 +69,8 @@ class ExtProcSession:
         request = pb.ProcessingRequest.FromString(raw)
         answer = bytes(self._processor.handle(request).SerializeToString())
         # the connection writes the answer when this returns; telemetry runs after that
-        _after_write(self._processor.after_answer)
+        if self._processor.pending:
+            _after_write(self._processor.after_answer)
         return answer
 
     def close(self) -> None:

@@ -269,3 +269,23 @@ def test_canary_key_header_picks_version(make_snapshot: Callable[[str], Snapshot
         snapshot, request_headers(extra={"x-user-id": "alice"}), request_body(chat_body("hi"))
     )
     assert set_headers(answers[1])["x-cascade-classifier"] == "v8"
+
+
+async def test_the_h2_session_reports_the_decision_after_the_answer_is_returned(
+    default_snapshot: Snapshot,
+) -> None:
+    """Telemetry waits for the answer: the decision is reported on the next loop turn, after
+    the connection wrote what `message` returned (and nothing is scheduled when nothing waits)."""
+    import asyncio
+
+    from extproc.transport.grpcio import ExternalProcessor
+
+    counting = Counting()
+    session = ExternalProcessor(lambda: default_snapshot, counting).session({})
+    session.message(request_headers().SerializeToString())
+    assert not session._processor.pending
+    answer = session.message(request_body(chat_body("please refactor this")).SerializeToString())
+    assert answer and counting.decisions == []
+    await asyncio.sleep(0)  # one loop turn: where the connection's write has happened
+    assert [d.tier for d in counting.decisions] == ["strong"]
+    assert not session._processor.pending
