@@ -13,6 +13,8 @@ import importlib.metadata
 import sys
 from collections.abc import Sequence
 
+from extproc import __version__
+
 #: Modules that add subcommands; imported at start, their heavy imports happen inside `run`.
 COMMAND_MODULES: tuple[str, ...] = (
     "extproc.cli.config",
@@ -32,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cascade",
         description="Route each LLM chat request to the cheapest model tier that can handle it.",
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"cascade {__version__}", help="print the version"
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:

@@ -70,3 +70,12 @@ def test_classify_with_config_env(tmp_path: Path) -> None:
     )
     result = run("classify", "--config", str(conf), stdin=b'{"messages":[]}')
     assert json.loads(result.stdout)["tier"] == "strong"
+
+
+def test_version_matches_the_installed_distribution() -> None:
+    import importlib.metadata
+
+    result = run("--version")
+    assert result.returncode == 0
+    expected = importlib.metadata.version("cascade-router")
+    assert result.stdout.decode().strip() == f"cascade {expected}"
