@@ -214,6 +214,55 @@ RESPONSE_HEADERS = [
 ]
 
 
+def _openai_error(message: str, kind: str) -> dict[str, Any]:
+    """An OpenAI-style error body for one of Envoy's own replies (`%...%` are Envoy's)."""
+    return {
+        "json_format": {
+            "error": {
+                "message": message,
+                "type": kind,
+                "param": None,
+                "code": "%RESPONSE_CODE_DETAILS%",
+            }
+        }
+    }
+
+
+#: Envoy's own replies as OpenAI-style JSON, so SDKs show a readable error. Only the replies
+#: Envoy makes itself: a body over `envoy.max_request_bytes` (413), no healthy or reachable
+#: backend (503), an upstream timeout (504). Anything else (a backend's own error, the Lua
+#: filter's fail-closed 503, which is JSON already) passes unchanged.
+LOCAL_REPLIES: dict[str, Any] = {
+    "mappers": [
+        {
+            "filter": {
+                "status_code_filter": {
+                    "comparison": {
+                        "op": "EQ",
+                        "value": {"default_value": 413, "runtime_key": "cascade.local_reply.413"},
+                    }
+                }
+            },
+            "body_format_override": _openai_error(
+                "The request body is larger than this gateway accepts.", "invalid_request_error"
+            ),
+        },
+        {
+            "filter": {"response_flag_filter": {"flags": ["UH", "UF", "NR"]}},
+            "body_format_override": _openai_error(
+                "No model backend is available right now; retry shortly.", "server_error"
+            ),
+        },
+        {
+            "filter": {"response_flag_filter": {"flags": ["UT"]}},
+            "body_format_override": _openai_error(
+                "The model backend did not answer in time.", "server_error"
+            ),
+        },
+    ]
+}
+
+
 def connection_manager(snapshot: Snapshot) -> dict[str, Any]:
     return {
         "@type": TYPE
@@ -232,6 +281,7 @@ def connection_manager(snapshot: Snapshot) -> dict[str, Any]:
             }
         ],
         "stream_idle_timeout": f"{snapshot.envoy.route_timeout_s}s",
+        "local_reply_config": LOCAL_REPLIES,
         # The client gets x-request-id: the key that joins its answer with a shadow copy.
         "always_set_request_id_in_response": True,
         "access_log": [
