@@ -41,7 +41,9 @@ def register(sub: Any) -> None:
         "--dry-run", action="store_true", help="log what would change; never write the file"
     )
     parser.add_argument(
-        "--once", action="store_true", help="print the figures of one check and exit"
+        "--once",
+        action="store_true",
+        help="print the figures of one check and exit (3 when Prometheus did not answer)",
     )
     parser.add_argument(
         "--max-checks", type=int, default=None, help="give up after N checks (exit 3)"
@@ -78,8 +80,12 @@ def run_canary(args: argparse.Namespace) -> int:
         policy, snapshot.canary.version, target, Prometheus(policy.prometheus)
     )
     if args.once:
-        for line in describe_once(controller, snapshot.canary.weight):
+        lines, complete = describe_once(controller, snapshot.canary.weight)
+        for line in lines:
             print(line)
+        if not complete:
+            print("cascade canary: Prometheus did not answer every query", file=sys.stderr)
+            return 3
         return 0
     try:
         return controller.run(promote=args.promote, max_checks=args.max_checks)

@@ -259,11 +259,14 @@ class RolloutController:
                         "check", weight, weight, result, f"{name}: {weight:g}% ({why}); {figures}"
                     )
                 )
+            if max_checks is not None and checks >= max_checks:
+                break  # the last check allowed: no wait for a check that will not come
             self.sleep(self.policy.check_interval_s)
         raise TimeoutError(f"no decision after {max_checks} checks")
 
 
-def describe_once(controller: RolloutController, weight: float) -> list[str]:
-    """`--once`: the figures of one check, one line per trigger."""
+def describe_once(controller: RolloutController, weight: float) -> tuple[list[str], bool]:
+    """`--once`: the figures of one check, one line per trigger, and whether every query
+    answered (a check Prometheus could not answer says nothing about the canary)."""
     result = controller.check(weight)
-    return [f.describe() for f in result.figures]
+    return [f.describe() for f in result.figures], result.complete

@@ -16,7 +16,12 @@ import pytest
 
 from extproc.config.editing import edit_scalars, write_atomically
 from extproc.config.snapshot import DEFAULT_CONFIG, compile_config
-from extproc.rollout.controller import EXIT_COMPLETE, EXIT_ROLLED_BACK, RolloutController
+from extproc.rollout.controller import (
+    EXIT_COMPLETE,
+    EXIT_ROLLED_BACK,
+    RolloutController,
+    describe_once,
+)
 from extproc.rollout.prometheus import Prometheus, PrometheusError, _number
 from extproc.rollout.target import ConfigFileTarget
 
@@ -329,3 +334,27 @@ def test_prometheus_client(stub: str) -> None:
         Prometheus(stub).query("bad{")
     with pytest.raises(PrometheusError):
         Prometheus("http://127.0.0.1:1", timeout=1).query("up")
+
+
+def test_max_checks_gives_up_without_waiting_after_the_last_check(config: Path) -> None:
+    clock = Clock()
+    prometheus = healthy(clock)
+    prometheus.down = True
+    run = controller(config, prometheus, clock)
+    started = clock.now
+    with pytest.raises(TimeoutError):
+        run.run(max_checks=1)
+    assert clock.now == started  # one check, no check interval slept after it
+    with pytest.raises(TimeoutError):
+        run.run(max_checks=3)
+    assert clock.now == started + 2 * 10  # two waits between three checks (check_interval_s 10)
+
+
+def test_once_says_whether_prometheus_answered(config: Path) -> None:
+    clock = Clock()
+    prometheus = healthy(clock)
+    lines, complete = describe_once(controller(config, prometheus, clock), 10)
+    assert complete and any(line.startswith("error_rate=") for line in lines)
+    prometheus.down = True
+    lines, complete = describe_once(controller(config, prometheus, clock), 10)
+    assert not complete and all("prometheus error" in line for line in lines)
