@@ -346,10 +346,15 @@ def _width(text: str) -> int:
 
 
 def _available(port: int) -> int:
-    """`port` if it can be bound on loopback, else 0 (any free port)."""
+    """`port` if it can be bound on loopback, else 0 (any free port).
+
+    Probed the way Envoy binds its listener (SO_REUSEADDR): a port whose old connections sit in
+    TIME_WAIT after the previous run is free for Envoy, so it is free here too.
+    """
     if port == 0:
         return 0
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
