@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import gc
 import logging
 import os
@@ -64,6 +65,8 @@ class ServeOptions:
     transport: str = "h2"
     #: `caller token` lines for `cascade.v1` (extproc/services/auth.py); None = API refused
     api_tokens: Path | None = None
+    #: share the listen port with other processes (SO_REUSEPORT); off: a busy port is an error
+    reuse_port: bool = False
     #: `H2Limits` fields to change, name -> value as text (`cascade serve --h2-limit`)
     h2_limits: dict[str, str] = field(default_factory=dict)
 
@@ -156,7 +159,7 @@ class CascadeServer:
         context = None
         if options.tls_cert and options.tls_key:
             context = tls_context(options.tls_cert, options.tls_key, options.tls_client_ca)
-        return await self._h2.start(host, port, context)
+        return await self._h2.start(host, port, context, reuse_port=options.reuse_port)
 
     def _health_check(self, raw: bytes, metadata: dict[str, str]) -> bytes:
         service = health_pb2.HealthCheckRequest.FromString(raw).service
@@ -172,11 +175,14 @@ class CascadeServer:
                 await self.health.set(service, status)
 
     async def _start_grpcio(self) -> int:
-        server = grpc.aio.server(options=grpcio_options(self.transport_limits()))
+        server = grpc.aio.server(
+            options=grpcio_options(self.transport_limits(), reuse_port=self.options.reuse_port)
+        )
         pb_grpc.add_ExternalProcessorServicer_to_server(self.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         add_to_server(self.api, server)
         options = self.options
+        credentials = None
         if options.tls_cert and options.tls_key:
             client_ca = options.tls_client_ca
             credentials = grpc.ssl_server_credentials(
@@ -184,9 +190,13 @@ class CascadeServer:
                 root_certificates=client_ca.read_bytes() if client_ca else None,
                 require_client_auth=client_ca is not None,
             )
-            port: int = server.add_secure_port(options.listen, credentials)
-        else:
-            port = server.add_insecure_port(options.listen)
+        try:
+            if credentials is not None:
+                port: int = server.add_secure_port(options.listen, credentials)
+            else:
+                port = server.add_insecure_port(options.listen)
+        except RuntimeError as exc:  # grpc core's "Failed to bind": the same error as h2's
+            raise OSError(errno.EADDRINUSE, f"cannot listen on {options.listen}: {exc}") from None
         await server.start()
         self._server = server
         return port
@@ -231,12 +241,12 @@ class CascadeServer:
         await self._stopped.wait()
 
 
-def grpcio_options(limits: H2Limits) -> list[tuple[str, int]]:
+def grpcio_options(limits: H2Limits, *, reuse_port: bool = False) -> list[tuple[str, int]]:
     """What grpc.aio channel arguments can bound of `H2Limits` (docs/security.md: the rest)."""
     return [
         ("grpc.max_receive_message_length", limits.max_message),
         ("grpc.max_send_message_length", limits.max_message),
-        ("grpc.so_reuseport", 1),
+        ("grpc.so_reuseport", int(reuse_port)),
         ("grpc.max_concurrent_streams", limits.max_concurrent_streams),
         ("grpc.max_metadata_size", limits.max_header_block),
         ("grpc.server_handshake_timeout_ms", int(limits.handshake_timeout * 1000)),

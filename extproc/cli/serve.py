@@ -44,6 +44,12 @@ def register(sub: Any) -> None:
         help="gRPC transport: h2 (lean HTTP/2 server, default) or grpcio (grpc.aio)",
     )
     parser.add_argument(
+        "--reuse-port",
+        action="store_true",
+        help="share --listen with other processes (SO_REUSEPORT: the kernel splits connections); "
+        "without it a busy port is an error",
+    )
+    parser.add_argument(
         "--h2-limit",
         action="append",
         default=[],
@@ -116,9 +122,17 @@ def run_serve(args: argparse.Namespace) -> int:
         transport=args.transport,
         h2_limits=h2_limits,
         api_tokens=None if args.api_tokens is None else Path(args.api_tokens),
+        reuse_port=args.reuse_port,
     )
     try:
         return asyncio.run(run(options))
     except ConfigError as exc:
         print(f"cascade: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(
+            f"cascade: cannot listen on {args.listen}: {exc.strerror or exc} (another server "
+            "there? --reuse-port shares the port on purpose)",
+            file=sys.stderr,
+        )
         return 2

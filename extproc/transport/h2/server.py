@@ -108,7 +108,16 @@ class H2Server:
 
     # -- listening -------------------------------------------------------------------------------
 
-    async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None) -> int:
+    async def start(
+        self,
+        host: str,
+        port: int,
+        ssl_context: ssl.SSLContext | None = None,
+        *,
+        reuse_port: bool = False,
+    ) -> int:
+        """Listen on every address of `host`; `reuse_port` lets other processes share the port
+        (SO_REUSEPORT: the kernel splits connections between them), else a busy port fails."""
         loop = asyncio.get_running_loop()
         self._ssl = ssl_context
         infos = await loop.getaddrinfo(
@@ -122,7 +131,7 @@ class H2Server:
             address = found
             if self._sockets and port == 0:  # every address on the one port chosen first
                 address = (found[0], self._sockets[0].getsockname()[1], *found[2:])
-            self._sockets.append(_listen(family, kind, proto, address))
+            self._sockets.append(_listen(family, kind, proto, address, reuse_port=reuse_port))
         self._accepting = True
         self._resume_accepting()
         self._sweeper = loop.create_task(self._sweep())
@@ -274,11 +283,13 @@ class H2Server:
         await asyncio.sleep(0)  # let the aborted transports call connection_lost
 
 
-def _listen(family: int, kind: int, proto: int, address: tuple[object, ...]) -> socket.socket:
+def _listen(
+    family: int, kind: int, proto: int, address: tuple[object, ...], *, reuse_port: bool
+) -> socket.socket:
     sock = socket.socket(family, kind, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if hasattr(socket, "SO_REUSEPORT"):
+        if reuse_port and hasattr(socket, "SO_REUSEPORT"):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
