@@ -11,6 +11,7 @@ What grpc.aio cannot bound is marked `xfail(strict=True)` with the reason (docs/
 from __future__ import annotations
 
 import asyncio
+import itertools
 import resource
 import socket
 import time
@@ -156,18 +157,27 @@ async def test_client_that_never_reads_is_cut_off(
 # -- floods of control frames ----------------------------------------------------------------
 
 
-async def flood(server: Server, frame: bytes, count: int, seconds: float) -> tuple[bool, Attacker]:
-    """Send `frame` `count` times (in batches, at most `seconds`); then wait for the close."""
-    attacker = await Attacker.connect(server.port)
+async def send_batches(
+    attacker: Attacker, batch: Callable[[], list[bytes]], count: int, seconds: float
+) -> tuple[bool, int]:
+    """Send batches of 100 (`batch()`) until `count` are out, `seconds` pass or the server stops
+    taking them; then wait for the close and drop the connection. (closed, items sent)."""
     deadline = time.monotonic() + seconds
     sent = 0
     while sent < count and time.monotonic() < deadline:
-        if not attacker.send(frame * 100):
+        if not attacker.send(*batch()):
             break
         sent += 100
         await attacker.drained(0.5)
     closed = await attacker.closed_within(3)
     attacker.close()
+    return closed, sent
+
+
+async def flood(server: Server, frame: bytes, count: int, seconds: float) -> tuple[bool, Attacker]:
+    """Send `frame` `count` times (in batches, at most `seconds`); then wait for the close."""
+    attacker = await Attacker.connect(server.port)
+    closed, _ = await send_batches(attacker, lambda: [frame * 100], count, seconds)
     return closed, attacker
 
 
@@ -274,20 +284,15 @@ async def test_rapid_reset_gets_goaway(servers: dict[str, Server], transport: st
 
     async def attack() -> tuple[bool, Attacker, int]:
         attacker = await Attacker.connect(server.port)
-        stream = 1
-        pairs = 0
-        deadline = time.monotonic() + 4
-        while pairs < 20_000 and time.monotonic() < deadline:
+        streams = itertools.count(1, 2)
+
+        def pairs_of_100() -> list[bytes]:
             batch = []
-            for _ in range(100):
+            for stream in itertools.islice(streams, 100):
                 batch += [attacker.headers(stream), h2.rst_stream_frame(stream, h2.CANCEL)]
-                stream += 2
-            if not attacker.send(*batch):
-                break
-            pairs += 100
-            await attacker.drained(0.5)
-        closed = await attacker.closed_within(3)
-        attacker.close()
+            return batch
+
+        closed, pairs = await send_batches(attacker, pairs_of_100, 20_000, 4)
         return closed, attacker, pairs
 
     (closed, attacker, pairs), probe = await under_attack(server, attack)
@@ -378,16 +383,8 @@ async def test_window_toggles_over_many_streams_do_not_starve(
     async def attack() -> tuple[bool, Attacker, int]:
         attacker = await Attacker.connect(server.port)
         attacker.send(*(attacker.headers(stream) for stream in range(1, 2001, 2)))  # 1000 open
-        toggles = 0
-        deadline = time.monotonic() + 3
-        while toggles < 20_000 and time.monotonic() < deadline:
-            batch = [h2.settings_frame([(h2.INITIAL_WINDOW_SIZE, size)]) for size in (0, 1) * 50]
-            if not attacker.send(*batch):
-                break
-            toggles += 100
-            await attacker.drained(0.5)
-        closed = await attacker.closed_within(3)
-        attacker.close()
+        toggle = [h2.settings_frame([(h2.INITIAL_WINDOW_SIZE, size)]) for size in (0, 1) * 50]
+        closed, toggles = await send_batches(attacker, lambda: toggle, 20_000, 3)
         return closed, attacker, toggles
 
     (closed, attacker, toggles), probe = await under_attack(server, attack)
