@@ -56,8 +56,22 @@ def register(sub: Any) -> None:
     )
     classify_parser.set_defaults(func=run_classify)
 
-    check_parser = sub.add_parser("check-config", help="validate a config file; non-zero on error")
-    check_parser.add_argument("files", nargs="+", type=Path)
+    check_parser = sub.add_parser(
+        "check-config",
+        help="validate config files: every error and warning, each with its field path",
+        description=(
+            "Validate config files. Every error is listed with its field path; semantic "
+            "warnings (rules that never match or are shadowed, redundant keywords, tiers "
+            "nothing routes to, scorer artifacts that do not fit) are printed too. Exit 1 on "
+            "errors, 0 with only warnings unless --strict is given."
+        ),
+    )
+    check_parser.add_argument("files", nargs="+", type=Path, help="config files to check")
+    check_parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit 1 when there are warnings too (default: false, warnings alone exit 0)",
+    )
     check_parser.set_defaults(func=run_check_config)
 
 
@@ -92,17 +106,28 @@ def run_classify(args: argparse.Namespace) -> int:
 
 
 def run_check_config(args: argparse.Namespace) -> int:
+    from extproc.config.lint import lint
+
     status = 0
     for path in args.files:
         try:
             snapshot = load_snapshot(path)
         except ConfigError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            errors = getattr(exc, "errors", (exc,))
+            for error in errors:
+                print(f"error: {error}", file=sys.stderr)
+            print(f"{path}: {len(errors)} error(s)", file=sys.stderr)
             status = 1
             continue
+        findings = lint(snapshot)
+        for finding in findings:
+            print(f"warning: {path}: {finding.path}: {finding.message}", file=sys.stderr)
+        if findings and args.strict:
+            status = 1
         versions = ", ".join(f"{v} ({len(c.rules)} rules)" for v, c in snapshot.classifiers.items())
+        warned = f"; {len(findings)} warning(s)" if findings else ""
         print(
             f"ok: {path}: tiers {' < '.join(snapshot.tier_names)}; classifier {snapshot.stable}"
-            f"; versions {versions}"
+            f"; versions {versions}{warned}"
         )
     return status

@@ -2,22 +2,57 @@
 
 Each `Checker` method takes a value and its field path, and returns the value typed or raises a
 `ConfigError` naming the file, the path and what was expected.
+
+A collecting checker (`Checker(source, collect=True)`, what the config loader uses) reports every
+error of a file, not only the first: unknown keys and missing required keys are all recorded,
+and `attempt` runs one independent part (a section, a tier, a rule), records its error and goes
+on with a placeholder. `finish` then raises them together (`ConfigErrors`), so a file with any
+error is still refused as a whole.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
-from extproc.core.errors import ConfigError
+from extproc.core.errors import ConfigError, ConfigErrors
 from extproc.core.hostport import HostPort, parse_host_port
+
+T = TypeVar("T")
 
 
 class Checker:
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, *, collect: bool = False) -> None:
         self.source = source
+        self.collect = collect
+        #: Errors recorded so far (collecting mode), in the order they were found.
+        self.errors: list[ConfigError] = []
 
     def fail(self, path: str, message: str) -> ConfigError:
         return ConfigError(self.source, path, message)
+
+    def record(self, error: ConfigError) -> ConfigError:
+        """Keep `error` for `finish` (once, however often it is re-raised and caught)."""
+        if not any(known is error for known in self.errors):
+            self.errors.append(error)
+        return error
+
+    def attempt(self, compile_part: Callable[[], T], placeholder: T) -> T:
+        """Run one independent part; on a `ConfigError` record it and return `placeholder`."""
+        if not self.collect:
+            return compile_part()
+        try:
+            return compile_part()
+        except ConfigError as exc:
+            self.record(exc)
+            return placeholder
+
+    def finish(self) -> None:
+        """Raise what was recorded: the error itself when there is one, else `ConfigErrors`."""
+        if len(self.errors) == 1:
+            raise self.errors[0]
+        if self.errors:
+            raise ConfigErrors(tuple(self.errors))
 
     def mapping(
         self,
@@ -28,17 +63,28 @@ class Checker:
     ) -> dict[str, Any]:
         if not isinstance(value, dict):
             raise self.fail(path, f"expected a mapping, got {type_name(value)}")
+        found: list[ConfigError] = []
         for key in value:
             if not isinstance(key, str):
-                raise self.fail(path, f"keys must be strings, got {key!r}")
-            if key not in allowed:
-                raise self.fail(
-                    join_path(path, key),
-                    f"unknown key; expected one of: {', '.join(sorted(allowed))}",
+                found.append(self.fail(path, f"keys must be strings, got {key!r}"))
+            elif key not in allowed:
+                found.append(
+                    self.fail(
+                        join_path(path, key),
+                        f"unknown key; expected one of: {', '.join(sorted(allowed))}",
+                    )
                 )
-        for key in sorted(required):
-            if key not in value:
-                raise self.fail(join_path(path, key), "is required")
+        missing = [
+            self.fail(join_path(path, key), "is required")
+            for key in sorted(required)
+            if key not in value
+        ]
+        if not self.collect and (found or missing):
+            raise (found or missing)[0]
+        for error in [*found, *missing]:
+            self.record(error)
+        if missing:  # the caller reads required keys: stop this part (already recorded)
+            raise missing[0]
         return value
 
     def string(self, value: object, path: str, *, empty: bool = False) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from extproc.config.check import Checker, join_path
@@ -103,34 +104,48 @@ _SCORER_KEYS = {
 def compile_classifier(
     check: Checker, version: str, value: object, path: str, tiers: tuple[str, ...]
 ) -> Classifier:
+    """One version; each rule is checked on its own, so every bad rule is reported.
+
+    `tiers` empty means the tiers themselves are invalid: tier names are then not checked here.
+    """
     spec = check.mapping(value, path, {"text", "default", "rules", "description"}, {"default"})
     if not version.replace("_", "").replace("-", "").replace(".", "").isalnum():
-        raise check.fail(path, "classifier version must be letters, digits, '.', '-' or '_'")
+        check.record(
+            check.fail(path, "classifier version must be letters, digits, '.', '-' or '_'")
+        )
     if "description" in spec:
-        check.string(spec["description"], join_path(path, "description"), empty=True)
+        check.attempt(
+            lambda: check.string(spec["description"], join_path(path, "description"), empty=True),
+            "",
+        )
+    scopes = tuple(s.value for s in TextScope)
     scope = TextScope(
-        check.choice(
-            spec.get("text", "all"), join_path(path, "text"), tuple(s.value for s in TextScope)
+        check.attempt(
+            lambda: check.choice(spec.get("text", "all"), join_path(path, "text"), scopes), "all"
         )
     )
-    default = check.choice(spec["default"], join_path(path, "default"), tiers)
+    default = check.attempt(
+        lambda: _tier(check, spec["default"], join_path(path, "default"), tiers), ""
+    )
     rules: list[Rule] = []
     disabled: list[str] = []
     seen: set[str] = set()
-    for index, item in enumerate(
-        check.sequence(spec.get("rules", []), join_path(path, "rules"), empty=True)
-    ):
+    items: list[Any] = check.attempt(
+        lambda: check.sequence(spec.get("rules", []), join_path(path, "rules"), empty=True), []
+    )
+    for index, item in enumerate(items):
         rule_path = join_path(join_path(path, "rules"), index)
-        if isinstance(item, dict) and item.get("kind") == RuleKind.SCORER.value:
-            rule_spec = check.mapping(item, rule_path, _SCORER_KEYS, {"model", "sha256"})
-            rule = _compile_scorer(check, rule_spec, rule_path, tiers)
-        else:
-            rule_spec = check.mapping(item, rule_path, _RULE_KEYS, {"kind", "tier"})
-            rule = _compile_rule(check, rule_spec, rule_path, tiers)
+        compiled = check.attempt(partial(_compile_any_rule, check, item, rule_path, tiers), None)
+        if compiled is None:
+            continue
+        rule, enabled = compiled
         if rule.name in seen:
-            raise check.fail(join_path(rule_path, "name"), f"duplicate rule name {rule.name!r}")
+            check.record(
+                check.fail(join_path(rule_path, "name"), f"duplicate rule name {rule.name!r}")
+            )
+            continue
         seen.add(rule.name)
-        if check.boolean(rule_spec.get("enabled", True), join_path(rule_path, "enabled")):
+        if enabled:
             rules.append(rule)
         else:
             disabled.append(rule.name)
@@ -141,6 +156,23 @@ def compile_classifier(
         rules=tuple(rules),
         disabled_rules=tuple(disabled),
     )
+
+
+def _compile_any_rule(
+    check: Checker, item: object, rule_path: str, tiers: tuple[str, ...]
+) -> tuple[Rule, bool]:
+    if isinstance(item, dict) and item.get("kind") == RuleKind.SCORER.value:
+        rule_spec = check.mapping(item, rule_path, _SCORER_KEYS, {"model", "sha256"})
+        rule = _compile_scorer(check, rule_spec, rule_path, tiers)
+    else:
+        rule_spec = check.mapping(item, rule_path, _RULE_KEYS, {"kind", "tier"})
+        rule = _compile_rule(check, rule_spec, rule_path, tiers)
+    return rule, check.boolean(rule_spec.get("enabled", True), join_path(rule_path, "enabled"))
+
+
+def _tier(check: Checker, value: object, path: str, tiers: tuple[str, ...]) -> str:
+    """A tier name from `tiers`; any string when the tiers are unknown (they have an error)."""
+    return check.choice(value, path, tiers) if tiers else check.string(value, path)
 
 
 def _compile_scorer(
@@ -162,7 +194,7 @@ def _compile_scorer(
         scorer = load_scorer(resolve(model, check.source), sha256)
     except ArtifactError as exc:
         raise check.fail(join_path(path, "model"), str(exc)) from None
-    if not scorer_tiers_fit(scorer, tiers):
+    if tiers and not scorer_tiers_fit(scorer, tiers):
         raise check.fail(
             join_path(path, "model"),
             f"trained for tiers {', '.join(scorer.tiers)}; the config's are {', '.join(tiers)}",
@@ -207,30 +239,44 @@ def _rule_name(check: Checker, value: object, path: str) -> str:
 def _compile_rule(check: Checker, spec: dict[str, Any], path: str, tiers: tuple[str, ...]) -> Rule:
     kinds = tuple(k.value for k in RuleKind)
     kind = RuleKind(check.choice(spec["kind"], join_path(path, "kind"), kinds))
-    tier = check.choice(spec["tier"], join_path(path, "tier"), tiers)
-    name = _rule_name(check, spec.get("name", kind.value), join_path(path, "name"))
+    tier = check.attempt(lambda: _tier(check, spec["tier"], join_path(path, "tier"), tiers), "")
+    name = check.attempt(
+        lambda: _rule_name(check, spec.get("name", kind.value), join_path(path, "name")),
+        kind.value,
+    )
     if kind is RuleKind.KEYWORD:
         for key in ("gt", "lt"):
             if key in spec:
-                raise check.fail(join_path(path, key), "not allowed on a keyword rule")
+                check.record(check.fail(join_path(path, key), "not allowed on a keyword rule"))
         words = check.sequence(spec.get("keywords"), join_path(path, "keywords"))
+        before = len(check.errors)
         for index, word in enumerate(words):
-            text = check.string(word, join_path(join_path(path, "keywords"), index), empty=True)
-            if not text.strip():
-                raise check.fail(join_path(join_path(path, "keywords"), index), "empty keyword")
-            if text != text.strip():
-                raise check.fail(
-                    join_path(join_path(path, "keywords"), index),
-                    f"keyword {text!r} has leading or trailing whitespace",
-                )
+            where = join_path(join_path(path, "keywords"), index)
+            check.attempt(partial(_keyword, check, word, where), "")
+        if (
+            len(check.errors) > before
+        ):  # a bad keyword cannot be compiled; the error is already recorded
+            raise check.errors[-1]
         return Rule(name=name, kind=kind, tier=tier, matcher=KeywordMatcher(words))
     if "keywords" in spec:
-        raise check.fail(join_path(path, "keywords"), f"not allowed on a {kind.value} rule")
+        check.record(check.fail(join_path(path, "keywords"), f"not allowed on a {kind.value} rule"))
     if "gt" not in spec and "lt" not in spec:
         raise check.fail(path, f"a {kind.value} rule needs 'gt' and/or 'lt'")
-    gt = check.integer(spec["gt"], join_path(path, "gt")) if "gt" in spec else None
-    lt = check.integer(spec["lt"], join_path(path, "lt")) if "lt" in spec else None
+    gt = lt = None
+    if "gt" in spec:
+        gt = check.attempt(lambda: check.integer(spec["gt"], join_path(path, "gt")), None)
+    if "lt" in spec:
+        lt = check.attempt(lambda: check.integer(spec["lt"], join_path(path, "lt")), None)
     return Rule(name=name, kind=kind, tier=tier, gt=gt, lt=lt)
+
+
+def _keyword(check: Checker, word: object, path: str) -> str:
+    text = check.string(word, path, empty=True)
+    if not text.strip():
+        raise check.fail(path, "empty keyword")
+    if text != text.strip():
+        raise check.fail(path, f"keyword {text!r} has leading or trailing whitespace")
+    return text
 
 
 def compile_canary(

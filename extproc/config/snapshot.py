@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -177,33 +178,68 @@ def compile_config(data: bytes | str, source: str = "<config>") -> Snapshot:
 
 
 def compile_document(document: object, source: str, digest: str = "") -> Snapshot:
-    check = Checker(source)
-    top = check.mapping(document, "", _TOP_KEYS, {"tiers", "classifiers", "classifier"})
+    """Compile a parsed document; every error of the file is reported (see `Checker.finish`)."""
+    check = Checker(source, collect=True)
+    top = check.attempt(
+        lambda: check.mapping(document, "", _TOP_KEYS, {"tiers", "classifiers", "classifier"}),
+        None,
+    )
+    if top is None:  # not a mapping, or a required section is missing: report what is known
+        if isinstance(document, dict):
+            _compile_sections(check, document, set(document) & _TOP_KEYS)
+        check.finish()
+    assert top is not None
+    snapshot = _compile_sections(check, top, set(top))
+    check.finish()
+    assert snapshot is not None
+    return replace(snapshot, digest=digest)
+
+
+def _compile_sections(check: Checker, top: dict[str, Any], present: set[str]) -> Snapshot | None:
+    """Compile each section on its own, so one bad section does not hide the others' errors."""
     if "schema" in top and top["schema"] != 1:
-        raise check.fail("schema", f"unsupported schema {top['schema']!r}; expected 1")
-
-    tiers = compile_tiers(check, top["tiers"])
-    names = tuple(t.name for t in tiers)
-    default_tier = check.choice(top.get("default_tier", names[0]), "default_tier", names)
-
-    raw_classifiers = check.mapping(top["classifiers"], "classifiers", set(top["classifiers"]))
-    if not raw_classifiers:
-        raise check.fail("classifiers", "expected at least one classifier version")
-    classifiers = {
-        check.string(version, "classifiers"): compile_classifier(
-            check, str(version), spec, join_path("classifiers", str(version)), names
+        check.record(check.fail("schema", f"unsupported schema {top['schema']!r}; expected 1"))
+    tiers: tuple[Tier, ...] = ()
+    if "tiers" in present:
+        tiers = check.attempt(lambda: compile_tiers(check, top["tiers"]), ())
+    # Tier names for the checks that refer to them, even when a tier has an error elsewhere.
+    names = tuple(t.name for t in tiers) or _raw_tier_names(top.get("tiers"))
+    default_tier = check.attempt(
+        lambda: (
+            check.choice(top.get("default_tier", names[0]), "default_tier", names) if names else ""
+        ),
+        "",
+    )
+    classifiers: dict[str, Classifier] = {}
+    if "classifiers" in present:
+        raw = check.attempt(
+            lambda: check.mapping(top["classifiers"], "classifiers", set(top["classifiers"])),
+            None,
         )
-        for version, spec in raw_classifiers.items()
-    }
-    versions = tuple(classifiers)
-    stable = check.choice(top["classifier"], "classifier", versions)
-    canary = compile_canary(check, top.get("canary"), versions, stable)
-    server = _compile_server(check, top.get("server"))
-    envoy = compile_envoy(check, top.get("envoy"))
-    telemetry = compile_telemetry(check, top.get("telemetry"))
+        if raw is not None and not raw:
+            check.record(check.fail("classifiers", "expected at least one classifier version"))
+        for version, spec in (raw or {}).items():
+            path = join_path("classifiers", str(version))
+            compiled = check.attempt(
+                partial(compile_classifier, check, str(version), spec, path, names), None
+            )
+            if compiled is not None:
+                classifiers[str(version)] = compiled
+    versions = tuple(classifiers) or tuple(str(v) for v in top.get("classifiers") or {})
+    stable = ""
+    if "classifier" in present:
+        stable = check.attempt(lambda: check.choice(top["classifier"], "classifier", versions), "")
+    canary = check.attempt(lambda: compile_canary(check, top.get("canary"), versions, stable), None)
+    server = check.attempt(lambda: _compile_server(check, top.get("server")), ServerSettings())
+    envoy = check.attempt(lambda: compile_envoy(check, top.get("envoy")), EnvoySettings())
+    telemetry = check.attempt(
+        lambda: compile_telemetry(check, top.get("telemetry")), TelemetrySettings()
+    )
+    if check.errors:
+        return None
     return Snapshot(
-        source=source,
-        digest=digest,
+        source=check.source,
+        digest="",
         tiers=tiers,
         default_tier=default_tier,
         stable=stable,
@@ -213,6 +249,17 @@ def compile_document(document: object, source: str, digest: str = "") -> Snapsho
         envoy=envoy,
         telemetry=telemetry,
         raw=top,
+    )
+
+
+def _raw_tier_names(value: object) -> tuple[str, ...]:
+    """The names written under `tiers:`, as far as they are strings (for error reports)."""
+    if not isinstance(value, list):
+        return ()
+    return tuple(
+        item["name"]
+        for item in value
+        if isinstance(item, dict) and isinstance(item.get("name"), str)
     )
 
 

@@ -2,6 +2,7 @@
 
     CascadeError
     ├── ConfigError            unusable config (names file, field path, expectation)
+    │   └── ConfigErrors       several of them, from one file
     └── ChatParseError         a request body that is not a usable chat-completions request
         ├── BodyNotUtf8        not UTF-8 (fail open: default tier, reason `unparsed`)
         ├── BodyTooLarge       over the limit (fail open: default tier, reason `unparsed`)
@@ -26,6 +27,16 @@ class ConfigError(CascadeError):
         self.message = message
         where = f"{source}: {path}" if path else source
         super().__init__(f"{where}: {message}")
+
+
+class ConfigErrors(ConfigError):
+    """Every error found in one config file; reads as the first, `errors` has them all."""
+
+    def __init__(self, errors: tuple[ConfigError, ...]) -> None:
+        first = errors[0]
+        super().__init__(first.source, first.path, first.message)
+        self.errors = errors
+        self.args = ("; ".join(str(e) for e in errors) + f" ({len(errors)} errors)",)
 
 
 class ChatParseError(CascadeError):
