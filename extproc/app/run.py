@@ -22,7 +22,8 @@ import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from extproc.app import transport_metrics
+from extproc.app import routes_metrics, transport_metrics
+from extproc.config.drift import RoutesGuard
 from extproc.config.store import ConfigStore
 from extproc.core.hostport import parse_listen
 from extproc.routing.observer import Observer
@@ -42,6 +43,9 @@ logger = logging.getLogger(__name__)
 EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
 PROCESS_PATH = f"/{EXT_PROC_SERVICE}/Process"
 HEALTH_CHECK_PATH = "/grpc.health.v1.Health/Check"
+#: Health service reporting NOT_SERVING while Envoy routes other tiers than the config's
+#: (extproc/config/drift.py); the server itself keeps serving.
+ROUTES_SERVICE = "cascade.routes"
 TRANSPORTS = ("h2", "grpcio")
 
 
@@ -89,7 +93,12 @@ class CascadeServer:
             lambda: self.store.current, self.metrics, Tracing.from_env()
         )
         self.store.listeners.append(self.recorder.reloaded)
-        self.servicer = ExternalProcessor(lambda: self.store.current, observer or self.recorder)
+        self.routes = RoutesGuard(lambda: self.store.current, self._routes_changed)
+        self.store.listeners.append(self.routes.reloaded)
+        self.servicer = ExternalProcessor(
+            lambda: self.store.current, observer or self.recorder, self.routes
+        )
+        routes_metrics.register(self.metrics.registry, self.routes)
         self.metrics.track_inflight(lambda: self.servicer.in_flight)
         self.api = CascadeApi(lambda: self.store.current, self.recorder, _authenticator(options))
         self.metrics_server: MetricsServer | None = None
@@ -102,6 +111,7 @@ class CascadeServer:
         self._h2: H2Server | None = None
         self._watch: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
+        self._health_tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> int:
         options = self.options
@@ -173,6 +183,23 @@ class CascadeServer:
             self.serving[service] = status
             if self._server is not None:
                 await self.health.set(service, status)
+        if status != health_pb2.HealthCheckResponse.SERVING or self.routes.in_sync:
+            await self._set_routes_health(status)
+
+    def _routes_changed(self, in_sync: bool) -> None:
+        """`RoutesGuard` callback (on the event loop): the `cascade.routes` condition."""
+        serving = health_pb2.HealthCheckResponse
+        status = serving.SERVING if in_sync else serving.NOT_SERVING
+        if self._stopped.is_set() or self.serving.get("") != serving.SERVING:
+            return
+        task = asyncio.get_running_loop().create_task(self._set_routes_health(status))
+        self._health_tasks.add(task)
+        task.add_done_callback(self._health_tasks.discard)
+
+    async def _set_routes_health(self, status: int) -> None:
+        self.serving[ROUTES_SERVICE] = status
+        if self._server is not None:
+            await self.health.set(ROUTES_SERVICE, status)
 
     async def _start_grpcio(self) -> int:
         server = grpc.aio.server(

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from extproc.cli.config import add_config_argument, load_config_or_exit
+from extproc.config.snapshot import Snapshot
 
 
 def register(sub: Any) -> None:
@@ -41,8 +42,31 @@ def run_render_envoy(args: argparse.Namespace) -> int:
             snapshot, envoy=dataclasses.replace(snapshot.envoy, **overrides)
         )
     text = render_yaml(snapshot)
+    for tier in snapshot.tiers:
+        if not tier.backends:
+            print(
+                f"cascade: warning: tier {tier.name!r} has no backends: Envoy answers 503 to "
+                "every request routed to it (add tiers[].backends)",
+                file=sys.stderr,
+            )
     if args.output:
         args.output.write_text(text)
     else:
         sys.stdout.write(text)
+    print(render_summary(snapshot, args.output), file=sys.stderr)
     return 0
+
+
+def render_summary(snapshot: Snapshot, output: Path | None) -> str:
+    """One line on stderr: where the config went and what it routes."""
+    from extproc.config.drift import routes_fingerprint
+
+    tiers = ", ".join(
+        f"{t.name} ({len(t.backends)} backend{'s' if len(t.backends) != 1 else ''})"
+        for t in snapshot.tiers
+    )
+    where = str(output) if output else "stdout"
+    return (
+        f"cascade: wrote the Envoy bootstrap to {where}: listener {snapshot.envoy.listen}, "
+        f"tiers {tiers}; routes fingerprint {routes_fingerprint(snapshot)}"
+    )

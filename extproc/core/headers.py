@@ -23,6 +23,9 @@ SHADOW_OF = "x-cascade-shadow-of"
 #: gRPC initial metadata naming the role of an ext_proc stream; `upstream` = per-attempt filter.
 ROLE_METADATA = "x-cascade-role"
 ROLE_UPSTREAM = "upstream"
+#: gRPC initial metadata of the classifier's ext_proc stream: the fingerprint of the tiers the
+#: rendered Envoy config routes (extproc/config/drift.py).
+ROUTES_METADATA = "x-cascade-routes"
 STATUS = ":status"
 #: Response headers Envoy's routes add: the decided tier and the cluster that served.
 SERVED_TIER = "x-cascade-served-tier"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from extproc.config.drift import routes_fingerprint
 from extproc.config.snapshot import Snapshot
 from extproc.core import headers
 from extproc.gateway import lua
@@ -37,7 +38,11 @@ def ext_proc_filter(snapshot: Snapshot) -> dict[str, Any]:
         "name": "envoy.filters.http.ext_proc",
         "typed_config": {
             "@type": TYPE + "envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
-            "grpc_service": grpc_service(settings.message_timeout_ms),
+            # the tiers these routes know: the server decides with a config that has them
+            "grpc_service": grpc_service(
+                settings.message_timeout_ms,
+                [{"key": headers.ROUTES_METADATA, "value": routes_fingerprint(snapshot)}],
+            ),
             "failure_mode_allow": True,
             "message_timeout": duration(settings.message_timeout_ms),
             "forward_rules": forwarded_headers(snapshot),

@@ -15,6 +15,7 @@ import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
+from extproc.config.drift import RoutesGuard
 from extproc.config.snapshot import Snapshot
 from extproc.core import headers
 from extproc.routing.observer import Observer
@@ -26,8 +27,14 @@ logger = logging.getLogger(__name__)
 
 def role_of(context: grpc.aio.ServicerContext[pb.ProcessingRequest, pb.ProcessingResponse]) -> str:
     """The stream's role from gRPC metadata `x-cascade-role` (absent: the classifier)."""
+    return metadata_value(context, headers.ROLE_METADATA)
+
+
+def metadata_value(
+    context: grpc.aio.ServicerContext[pb.ProcessingRequest, pb.ProcessingResponse], name: str
+) -> str:
     for key, value in context.invocation_metadata() or ():
-        if key == headers.ROLE_METADATA:
+        if key == name:
             return str(value)
     return ""
 
@@ -57,7 +64,9 @@ class ExtProcSession:
     def __init__(self, owner: ExternalProcessor, metadata: dict[str, str]) -> None:
         self._owner = owner
         self._processor = open_processor(
-            owner.snapshot(), owner.observer, metadata.get(headers.ROLE_METADATA, "")
+            owner.snapshot_for(metadata.get(headers.ROUTES_METADATA, "")),
+            owner.observer,
+            metadata.get(headers.ROLE_METADATA, ""),
         )
         owner.in_flight += 1
 
@@ -85,18 +94,35 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
         """The HTTP/2 transport's stream factory."""
         return ExtProcSession(self, metadata)
 
-    def __init__(self, snapshot: Callable[[], Snapshot], observer: Observer | None = None) -> None:
+    def __init__(
+        self,
+        snapshot: Callable[[], Snapshot],
+        observer: Observer | None = None,
+        routes: RoutesGuard | None = None,
+    ) -> None:
         self.snapshot = snapshot
         self.observer = observer
+        #: picks the snapshot Envoy can route (extproc/config/drift.py); None: always current
+        self.routes = routes
         #: streams currently open (read by shutdown and metrics)
         self.in_flight = 0
+
+    def snapshot_for(self, envoy_routes: str) -> Snapshot:
+        """The snapshot a new stream decides with, given Envoy's `x-cascade-routes`."""
+        if self.routes is None:
+            return self.snapshot()
+        return self.routes.snapshot_for(envoy_routes)
 
     async def Process(
         self,
         request_iterator: AsyncIterator[pb.ProcessingRequest],
         context: grpc.aio.ServicerContext[pb.ProcessingRequest, pb.ProcessingResponse],
     ) -> AsyncIterator[pb.ProcessingResponse]:
-        processor = open_processor(self.snapshot(), self.observer, role_of(context))
+        processor = open_processor(
+            self.snapshot_for(metadata_value(context, headers.ROUTES_METADATA)),
+            self.observer,
+            role_of(context),
+        )
         self.in_flight += 1
         try:
             async for request in request_iterator:
