@@ -88,7 +88,7 @@ class Canary:
     rollout: Rollout = field(default_factory=Rollout)
 
 
-_RULE_KEYS = {"name", "kind", "tier", "keywords", "gt", "lt", "enabled"}
+_RULE_KEYS = {"name", "kind", "tier", "keywords", "gt", "lt", "enabled", "text"}
 _SCORER_KEYS = {
     "name",
     "kind",
@@ -244,6 +244,14 @@ def _compile_rule(check: Checker, spec: dict[str, Any], path: str, tiers: tuple[
         lambda: _rule_name(check, spec.get("name", kind.value), join_path(path, "name")),
         kind.value,
     )
+    scope = None
+    if "text" in spec:
+        scopes = tuple(s.value for s in TextScope)
+        scope = TextScope(
+            check.attempt(
+                lambda: check.choice(spec["text"], join_path(path, "text"), scopes), "all"
+            )
+        )
     if kind is RuleKind.KEYWORD:
         for key in ("gt", "lt"):
             if key in spec:
@@ -257,7 +265,7 @@ def _compile_rule(check: Checker, spec: dict[str, Any], path: str, tiers: tuple[
             len(check.errors) > before
         ):  # a bad keyword cannot be compiled; the error is already recorded
             raise check.errors[-1]
-        return Rule(name=name, kind=kind, tier=tier, matcher=KeywordMatcher(words))
+        return Rule(name=name, kind=kind, tier=tier, matcher=KeywordMatcher(words), text=scope)
     if "keywords" in spec:
         check.record(check.fail(join_path(path, "keywords"), f"not allowed on a {kind.value} rule"))
     if "gt" not in spec and "lt" not in spec:
@@ -267,7 +275,7 @@ def _compile_rule(check: Checker, spec: dict[str, Any], path: str, tiers: tuple[
         gt = check.attempt(lambda: check.integer(spec["gt"], join_path(path, "gt")), None)
     if "lt" in spec:
         lt = check.attempt(lambda: check.integer(spec["lt"], join_path(path, "lt")), None)
-    return Rule(name=name, kind=kind, tier=tier, gt=gt, lt=lt)
+    return Rule(name=name, kind=kind, tier=tier, gt=gt, lt=lt, text=scope)
 
 
 def _keyword(check: Checker, word: object, path: str) -> str:

@@ -111,6 +111,8 @@ def _shadowing_rule(rule: Rule, earlier: Sequence[Rule]) -> str | None:
     for other in earlier:
         if other.scorer is not None and other.scorer.abstain == 0:
             return f"rule {other.name!r} (a scorer that never abstains) decides every request first"
+        if other.text is not rule.text:  # they read different text: not comparable
+            continue
         if _is_range(rule) and _is_range(other) and other.kind is rule.kind:
             low, high = _bounds(rule)
             other_low, other_high = _bounds(other)
@@ -158,7 +160,7 @@ def _lint_keywords(
             )
             continue
         for other in earlier:
-            if other.matcher is not None:
+            if other.matcher is not None and other.text is rule.text:
                 hit = _covered_by(word, other.matcher.keywords)
                 if hit is not None:
                     findings.append(

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from extproc.core.chat import ChatRequest
-from extproc.core.rules import Classifier, Rule, RuleKind, TextScope
+from extproc.core.rules import SYSTEM_ROLES, Classifier, Rule, RuleKind, TextScope
 
 if TYPE_CHECKING:  # numpy loads only with a scorer step in the config
     from extproc.core.scorer import ScoreResult
@@ -83,10 +83,44 @@ def select_text(messages: tuple[tuple[str, str], ...], scope: TextScope) -> str:
         return " ".join([text for _role, text in messages if text])
     if scope is TextScope.USER:
         return " ".join([text for role, text in messages if role == "user" and text])
+    if scope is TextScope.CONVERSATION:
+        return " ".join([text for role, text in messages if role not in SYSTEM_ROLES and text])
+    if scope is TextScope.SYSTEM:
+        return " ".join([text for role, text in messages if role in SYSTEM_ROLES and text])
     for role, text in reversed(messages):
         if role == "user":
             return text
     return ""
+
+
+def count_messages(messages: tuple[tuple[str, str], ...], scope: TextScope) -> int:
+    """The messages in a scope (with or without text); `last_user` counts 0 or 1."""
+    if scope is TextScope.ALL:
+        return len(messages)
+    if scope is TextScope.USER:
+        return sum(1 for role, _text in messages if role == "user")
+    if scope is TextScope.CONVERSATION:
+        return sum(1 for role, _text in messages if role not in SYSTEM_ROLES)
+    if scope is TextScope.SYSTEM:
+        return sum(1 for role, _text in messages if role in SYSTEM_ROLES)
+    return int(any(role == "user" for role, _text in messages))
+
+
+class _Scoped:
+    """The text of other scopes than the version's, computed once when a rule asks."""
+
+    __slots__ = ("_messages", "_texts")
+
+    def __init__(self, messages: tuple[tuple[str, str], ...]) -> None:
+        self._messages = messages
+        self._texts: dict[TextScope, tuple[str, bytes]] = {}
+
+    def text(self, scope: TextScope) -> tuple[str, bytes]:
+        found = self._texts.get(scope)
+        if found is None:
+            text = select_text(self._messages, scope)
+            found = self._texts[scope] = (text, text.encode("utf-8"))
+        return found
 
 
 def classify(chat: ChatRequest, classifier: Classifier) -> Decision:
@@ -100,9 +134,14 @@ def classify(chat: ChatRequest, classifier: Classifier) -> Decision:
     data = text.encode("utf-8")
     chars, size, count = len(text), len(data), len(chat.messages)
     scored: ScoreResult | None = None
+    scoped: _Scoped | None = None
     for rule in classifier.rules:
+        rule_text, rule_data = text, data
+        if rule.text is not None and rule.text is not classifier.text:
+            scoped = scoped or _Scoped(chat.messages)
+            rule_text, rule_data = scoped.text(rule.text)
         if rule.matcher is not None:
-            found = rule.matcher.search(text, data)
+            found = rule.matcher.search(rule_text, rule_data)
             if found:
                 return _decision(
                     classifier,
@@ -123,9 +162,12 @@ def classify(chat: ChatRequest, classifier: Classifier) -> Decision:
                     classifier, scored.tier, rule.name, reason, (chars, size, count), scored
                 )
             continue
-        value = (
-            chars if rule.kind is RuleKind.CHARS else size if rule.kind is RuleKind.BYTES else count
-        )
+        if rule.kind is RuleKind.CHARS:
+            value = len(rule_text)
+        elif rule.kind is RuleKind.BYTES:
+            value = len(rule_data)
+        else:  # messages: every message, or those of the rule's own scope
+            value = count if rule.text is None else count_messages(chat.messages, rule.text)
         if _in_range(rule, value):
             return _decision(
                 classifier,

@@ -21,6 +21,14 @@ class TextScope(enum.Enum):
     ALL = "all"  # every message's text, joined with a space
     USER = "user"  # user messages only, joined with a space
     LAST_USER = "last_user"  # the last user message
+    #: every message but the system and developer prompts (an IDE's long instructions)
+    CONVERSATION = "conversation"
+    #: the system and developer prompts only, joined with a space
+    SYSTEM = "system"
+
+
+#: Roles whose messages are instructions rather than conversation.
+SYSTEM_ROLES = frozenset({"system", "developer"})
 
 
 class RuleKind(enum.Enum):
@@ -41,6 +49,9 @@ class Rule:
     matcher: KeywordMatcher | None = None
     #: A `scorer` rule's model and thresholds; its `tier` is the top tier it may choose.
     scorer: ScorerStep | None = None
+    #: The rule's own text scope (None: the version's). A `messages` rule with its own scope
+    #: counts the messages in that scope; without one it counts every message.
+    text: TextScope | None = None
 
     def describe(self) -> str:
         """A short ASCII description of the condition, e.g. `chars>500`."""

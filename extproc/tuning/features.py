@@ -31,7 +31,9 @@ DEFAULT_NAMES = {
     "bytes": "long_bytes",
     "messages": "many_messages",
 }
-SCOPES = tuple(s.value for s in TextScope)
+#: The version-wide scopes the search tries (`conversation` and `system` are for rules written
+#: by hand, e.g. IDE traffic: docs/configuration.md).
+SCOPES = (TextScope.ALL.value, TextScope.USER.value, TextScope.LAST_USER.value)
 
 
 class TuneError(CascadeError):
