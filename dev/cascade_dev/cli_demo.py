@@ -8,11 +8,11 @@ from typing import Any
 
 def register(sub: Any) -> None:
     parser = sub.add_parser(
-        "demo", help="run Envoy + cascade + two mock backends locally and route sample requests"
+        "demo", help="Run Envoy + cascade + two mock backends locally and route sample requests."
     )
-    parser.add_argument("--once", action="store_true", help="print the table and exit")
+    parser.add_argument("--once", action="store_true", help="Print the table and exit.")
     parser.add_argument(
-        "--port", type=int, default=10000, help="Envoy listener port (0 = any free port)"
+        "--port", type=int, default=10000, help="Envoy listener port (0 = any free port)."
     )
     parser.set_defaults(func=run_demo)
 

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 def register(sub: Any) -> None:
     parser = sub.add_parser(
         "mock-backend",
-        help="run a mock OpenAI-compatible backend that answers with its own name",
+        help="Run a mock OpenAI-compatible backend that answers with its own name.",
         description=(
             "Serve /v1/chat/completions (JSON and SSE), /v1/models and /healthz, with failures "
             "injectable per request (x-mock-fail: 503, x-mock-fail: 429:2, x-mock-delay-ms) or "
@@ -23,30 +23,28 @@ def register(sub: Any) -> None:
             "See docs/mock-backends.md."
         ),
     )
-    parser.add_argument("--name", default="mock", help="backend name shown in answers (mock)")
+    parser.add_argument("--name", default="mock", help="Backend name shown in answers.")
     parser.add_argument(
         "--model",
         dest="models",
         action="append",
         metavar="MODEL",
-        help="model served; repeat for several (default: mock-model)",
+        help="Model served; repeat for several (default: mock-model).",
     )
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
+    parser.add_argument("--host", default="127.0.0.1", help="Address to bind.")
+    parser.add_argument("--port", type=int, default=18081, help="Port to bind; 0 picks a free one.")
     parser.add_argument(
-        "--port", type=int, default=18081, help="port to bind; 0 picks a free one (18081)"
-    )
-    parser.add_argument(
-        "--stream-delay-ms", type=int, default=50, help="delay between SSE events (50)"
+        "--stream-delay-ms", type=int, default=50, help="Delay between SSE events, milliseconds."
     )
     parser.add_argument(
-        "--stream-chunks", type=int, default=4, help="content events per streamed answer (4)"
+        "--stream-chunks", type=int, default=4, help="Content events per streamed answer."
     )
     parser.add_argument(
         "--strict-models",
         action="store_true",
-        help="answer 404 model_not_found for a model not given with --model",
+        help="Answer 404 model_not_found for a model not given with --model.",
     )
-    parser.add_argument("--quiet", action="store_true", help="no per-request log lines")
+    parser.add_argument("--quiet", action="store_true", help="No per-request log lines.")
     parser.set_defaults(func=run_mock_backend)
 
 

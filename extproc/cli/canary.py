@@ -15,7 +15,7 @@ from extproc.cli.config import add_config_argument, default_config_path
 def register(sub: Any) -> None:
     parser = sub.add_parser(
         "canary",
-        help="roll the canary classifier out step by step; roll back on a Prometheus trigger",
+        help="Roll the canary classifier out step by step; roll back on a Prometheus trigger.",
         description=(
             "Steps canary.weight through canary.rollout.steps on a schedule, reading the "
             "canary version's health from Prometheus, and sets it to 0 at once when a trigger "
@@ -24,31 +24,41 @@ def register(sub: Any) -> None:
         ),
     )
     add_config_argument(parser)
-    parser.add_argument("--prometheus", help="override canary.rollout.prometheus (base URL)")
+    parser.add_argument(
+        "--prometheus", help="Override canary.rollout.prometheus (base URL; default: the config's)."
+    )
     parser.add_argument(
         "--exec",
         dest="exec_command",
         metavar="CMD",
-        help="shell command run after every write (env CASCADE_CONFIG_FILE, "
-        "CASCADE_CANARY_WEIGHT), e.g. 'kubectl apply -k k8s/base'",
+        help="Shell command run after every write (env CASCADE_CONFIG_FILE, "
+        "CASCADE_CANARY_WEIGHT), e.g. 'kubectl apply -k k8s/base' (default: none).",
     )
     parser.add_argument(
         "--promote",
         action="store_true",
-        help="when complete, make the canary the stable classifier (old stable: 0%% canary)",
+        help="When complete, make the canary the stable classifier (old stable: 0%% canary).",
     )
     parser.add_argument(
-        "--dry-run", action="store_true", help="log what would change; never write the file"
+        "--dry-run", action="store_true", help="Log what would change; never write the file."
     )
     parser.add_argument(
         "--once",
         action="store_true",
-        help="print the figures of one check and exit (3 when Prometheus did not answer)",
+        help="Print the figures of one check and exit (3 when Prometheus did not answer).",
     )
     parser.add_argument(
-        "--max-checks", type=int, default=None, help="give up after N checks (exit 3)"
+        "--max-checks",
+        type=int,
+        default=None,
+        help="Give up after N checks (exit 3; default: no limit).",
     )
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning"],
+        help="Least severe log level written.",
+    )
     parser.set_defaults(func=run_canary)
 
 

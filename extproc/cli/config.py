@@ -28,7 +28,7 @@ def add_config_argument(parser: argparse.ArgumentParser) -> None:
         "--config",
         type=Path,
         default=None,
-        help=f"cascade config file (default: ${CONFIG_ENV}, else the packaged v7 config)",
+        help=f"Cascade config file (default: ${CONFIG_ENV}, else the packaged v7 config).",
     )
 
 
@@ -42,23 +42,23 @@ def load_config_or_exit(path: Path | None) -> Snapshot:
 
 def register(sub: Any) -> None:
     classify_parser = sub.add_parser(
-        "classify", help="print the routing decision for a chat-completions body"
+        "classify", help="Print the routing decision for a chat-completions body."
     )
     add_config_argument(classify_parser)
     classify_parser.add_argument(
-        "--classifier", help="classifier version (default: the stable one)"
+        "--classifier", help="Classifier version (default: the stable one)."
     )
     classify_parser.add_argument(
-        "--explain", action="store_true", help="print one human-readable line instead of JSON"
+        "--explain", action="store_true", help="Print one human-readable line instead of JSON."
     )
     classify_parser.add_argument(
-        "file", nargs="?", default="-", help="JSON body file, or - for stdin"
+        "file", nargs="?", default="-", help="JSON body file, or - for stdin."
     )
     classify_parser.set_defaults(func=run_classify)
 
     check_parser = sub.add_parser(
         "check-config",
-        help="validate config files: every error and warning, each with its field path",
+        help="Validate config files: every error and warning, each with its field path.",
         description=(
             "Validate config files. Every error is listed with its field path; semantic "
             "warnings (rules that never match or are shadowed, redundant keywords, tiers "
@@ -66,11 +66,11 @@ def register(sub: Any) -> None:
             "errors, 0 with only warnings unless --strict is given."
         ),
     )
-    check_parser.add_argument("files", nargs="+", type=Path, help="config files to check")
+    check_parser.add_argument("files", nargs="+", type=Path, help="Config files to check.")
     check_parser.add_argument(
         "--strict",
         action="store_true",
-        help="exit 1 when there are warnings too (default: false, warnings alone exit 0)",
+        help="Exit 1 when there are warnings too (default: off: warnings alone exit 0).",
     )
     check_parser.set_defaults(func=run_check_config)
 

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from extproc import __version__
+from extproc.cli.helpstyle import CascadeParser
 
 #: Modules that add subcommands; imported at start, their heavy imports happen inside `run`.
 COMMAND_MODULES: tuple[str, ...] = (
@@ -31,14 +32,16 @@ PLUGIN_GROUP = "cascade.commands"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CascadeParser(
         prog="cascade",
         description="Route each LLM chat request to the cheapest model tier that can handle it.",
     )
     parser.add_argument(
-        "--version", action="version", version=f"cascade {__version__}", help="print the version"
+        "--version", action="version", version=f"cascade {__version__}", help="Print the version."
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, parser_class=CascadeParser
+    )
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
     for entry in sorted(importlib.metadata.entry_points(group=PLUGIN_GROUP), key=lambda e: e.name):

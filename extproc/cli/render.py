@@ -13,16 +13,23 @@ from extproc.config.snapshot import Snapshot
 
 
 def register(sub: Any) -> None:
-    parser = sub.add_parser("render", help="generate configuration for other components")
+    parser = sub.add_parser("render", help="Generate configuration for other components.")
     targets = parser.add_subparsers(dest="target", metavar="TARGET", required=True)
-    envoy = targets.add_parser("envoy", help="the Envoy bootstrap YAML (routes follow the tiers)")
+    envoy = targets.add_parser("envoy", help="The Envoy bootstrap YAML (routes follow the tiers).")
     add_config_argument(envoy)
-    envoy.add_argument("--listen", help="override envoy.listen (host:port; port 0 = any)")
-    envoy.add_argument("--admin", help="override envoy.admin (host:port)")
     envoy.add_argument(
-        "--ext-proc", action="append", help="override envoy.ext_proc (repeat for several)"
+        "--listen",
+        help="Override envoy.listen (host:port; port 0 = any; default: the config's).",
     )
-    envoy.add_argument("-o", "--output", type=Path, help="write here instead of stdout")
+    envoy.add_argument("--admin", help="Override envoy.admin (host:port; default: the config's).")
+    envoy.add_argument(
+        "--ext-proc",
+        action="append",
+        help="Override envoy.ext_proc (repeat for several; default: the config's).",
+    )
+    envoy.add_argument(
+        "-o", "--output", type=Path, help="Write here instead of stdout (default: stdout)."
+    )
     envoy.set_defaults(func=run_render_envoy)
 
 

@@ -10,75 +10,84 @@ from pathlib import Path
 from typing import Any
 
 from extproc.app.logs import FORMATS, configure_logging
-from extproc.cli.config import default_config_path
+from extproc.cli.config import add_config_argument, default_config_path
 
 
 def register(sub: Any) -> None:
-    parser = sub.add_parser("serve", help="run the ext_proc gRPC server (plus gRPC health)")
-    parser.add_argument("--config", type=Path, default=None, help="cascade config file")
-    parser.add_argument(
-        "--listen", default="127.0.0.1:50051", help="gRPC address (default 127.0.0.1:50051)"
-    )
+    parser = sub.add_parser("serve", help="Run the ext_proc gRPC server (plus gRPC health).")
+    add_config_argument(parser)
+    parser.add_argument("--listen", default="127.0.0.1:50051", help="gRPC address to listen on.")
     parser.add_argument(
         "--drain-delay",
         type=float,
         default=2.0,
-        help="seconds to report NOT_SERVING after SIGTERM before refusing new streams",
+        help="Seconds to report NOT_SERVING after SIGTERM before refusing new streams.",
     )
     parser.add_argument(
-        "--grace", type=float, default=10.0, help="seconds to let open streams finish"
+        "--grace", type=float, default=10.0, help="Seconds to let open streams finish."
     )
     parser.add_argument(
-        "--reload-interval", type=float, default=1.0, help="config file poll interval, seconds"
+        "--reload-interval", type=float, default=1.0, help="Config file poll interval, seconds."
     )
     parser.add_argument(
         "--metrics-listen",
         default=os.environ.get("CASCADE_METRICS_LISTEN", "127.0.0.1:9464"),
         help="Prometheus /metrics address, port 0 = any free port, 'off' = none "
-        "(default 127.0.0.1:9464, or $CASCADE_METRICS_LISTEN; containers use 0.0.0.0:9464)",
+        "(default: $CASCADE_METRICS_LISTEN, else 127.0.0.1:9464; containers use 0.0.0.0:9464).",
     )
     parser.add_argument(
         "--transport",
         default="h2",
         choices=["h2", "grpcio"],
-        help="gRPC transport: h2 (lean HTTP/2 server, default) or grpcio (grpc.aio)",
+        help="gRPC transport: h2 (the lean HTTP/2 server) or grpcio (grpc.aio).",
     )
     parser.add_argument(
         "--reuse-port",
         action="store_true",
-        help="share --listen with other processes (SO_REUSEPORT: the kernel splits connections); "
-        "without it a busy port is an error",
+        help="Share --listen with other processes (SO_REUSEPORT: the kernel splits connections); "
+        "without it a busy port is an error.",
     )
     parser.add_argument(
         "--h2-limit",
         action="append",
         default=[],
         metavar="NAME=VALUE",
-        help="change one h2 transport limit (H2Limits field, e.g. max_connections=256); "
-        "repeatable; see docs/security.md",
+        help="Change one h2 transport limit (H2Limits field, e.g. max_connections=256); "
+        "repeatable; see docs/security.md (default: none, the built-in limits).",
     )
     parser.add_argument(
         "--api-tokens",
         type=Path,
         default=os.environ.get("CASCADE_API_TOKENS") or None,
-        help="file of 'caller-name token' lines allowed to call cascade.v1 (Classify, "
-        "SubmitFeedback); without it the API refuses every call (default $CASCADE_API_TOKENS)",
+        help="File of 'caller-name token' lines allowed to call cascade.v1 (Classify, "
+        "SubmitFeedback) (default: $CASCADE_API_TOKENS; without either the API refuses every "
+        "call).",
     )
-    parser.add_argument("--tls-cert", type=Path, help="PEM certificate: serve gRPC over TLS")
-    parser.add_argument("--tls-key", type=Path, help="PEM private key for --tls-cert")
+    parser.add_argument(
+        "--tls-cert",
+        type=Path,
+        help="PEM certificate: serve gRPC over TLS (default: none, plaintext).",
+    )
+    parser.add_argument(
+        "--tls-key", type=Path, help="PEM private key for --tls-cert (default: none)."
+    )
     parser.add_argument(
         "--tls-client-ca",
         type=Path,
-        help="PEM CA bundle: require client certificates it signed (mutual TLS; needs --tls-cert)",
+        help="PEM CA bundle: require client certificates it signed (mutual TLS; needs --tls-cert; "
+        "default: none, no client certificate asked).",
     )
     parser.add_argument(
-        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="Least severe log level written.",
     )
     parser.add_argument(
         "--log-format",
         default="text",
         choices=FORMATS,
-        help="text (one escaped line per record) or json (one JSON object per line)",
+        help="Log format: text (one escaped line per record) or json (one JSON object per line).",
     )
     parser.set_defaults(func=run_serve)
 

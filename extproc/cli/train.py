@@ -25,29 +25,73 @@ def _share(text: str) -> float:
 def register(sub: Any) -> None:
     parser = sub.add_parser(
         "train",
-        help="fit a learned scorer on labelled requests (out-of-fold report, learning curve)",
+        help="Fit a learned scorer on labelled requests (out-of-fold report, learning curve).",
         description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("data", nargs="+", metavar="DATA", help="labelled JSONL/CSV files")
+    parser.add_argument("data", nargs="+", metavar="DATA", help="Labelled JSONL/CSV files.")
     add_config_argument(parser)
-    parser.add_argument("-o", "--output", type=Path, required=True, metavar="MODEL")
-    parser.add_argument("--classifier", help="version to compare with (default: the stable one)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--folds", type=int, default=5)
-    parser.add_argument("--group-by", metavar="FIELD", help="record field keeping groups in a fold")
+    parser.add_argument(
+        "-o", "--output", type=Path, required=True, metavar="MODEL", help="Artifact file to write."
+    )
+    parser.add_argument("--classifier", help="Version to compare with (default: the stable one).")
+    parser.add_argument("--seed", type=int, default=0, help="Random seed of the folds.")
+    parser.add_argument("--folds", type=int, default=5, help="Cross-validation folds.")
+    parser.add_argument(
+        "--group-by",
+        metavar="FIELD",
+        help="Record field keeping groups in a fold (default: none, records split alone).",
+    )
     goal = parser.add_mutually_exclusive_group()
-    goal.add_argument("--target-share", type=_share, metavar="X", help="top-tier share budget")
-    goal.add_argument("--threshold", type=_share, metavar="P", help="probability threshold")
-    parser.add_argument("--bits", type=int, default=18, help="2^bits hash buckets (default 18)")
-    parser.add_argument("--c", type=float, default=1.0, help="inverse L2 regularisation")
-    parser.add_argument("--solver", choices=("auto", "liblinear", "sgd"), default="auto")
-    parser.add_argument("--no-learning-curve", action="store_true")
-    parser.add_argument("--require-better", action="store_true")
-    parser.add_argument("--report", type=Path, action="append", metavar="FILE")
-    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
-    parser.add_argument("--output-tokens", type=float, default=256)
-    parser.add_argument("--tokens-per-second", type=float, default=1000.0)
+    goal.add_argument(
+        "--target-share",
+        type=_share,
+        metavar="X",
+        help="Top-tier share budget (default: none; --threshold decides).",
+    )
+    goal.add_argument(
+        "--threshold",
+        type=_share,
+        metavar="P",
+        help="Probability threshold (default: 0.5 unless --target-share is given).",
+    )
+    parser.add_argument(
+        "--bits", type=int, default=18, help="Hash buckets as a power of two: 2^bits."
+    )
+    parser.add_argument("--c", type=float, default=1.0, help="Inverse L2 regularisation.")
+    parser.add_argument(
+        "--solver",
+        choices=("auto", "liblinear", "sgd"),
+        default="auto",
+        help="Linear solver; auto takes sgd for large data, else liblinear.",
+    )
+    parser.add_argument(
+        "--no-learning-curve", action="store_true", help="Skip the learning curve in the report."
+    )
+    parser.add_argument(
+        "--require-better",
+        action="store_true",
+        help="Exit 3 and write nothing unless the scorer beats the rules and the length baseline.",
+    )
+    parser.add_argument(
+        "--report",
+        type=Path,
+        action="append",
+        metavar="FILE",
+        help="Also write the report here: .md, .html or .txt; repeatable (default: none).",
+    )
+    parser.add_argument("--json", action="store_true", help="Print the figures as JSON.")
+    parser.add_argument(
+        "--output-tokens",
+        type=float,
+        default=256,
+        help="Output tokens per request when records carry none.",
+    )
+    parser.add_argument(
+        "--tokens-per-second",
+        type=float,
+        default=1000.0,
+        help="Throughput of a per_hour tier, output tokens/s at full use.",
+    )
     parser.set_defaults(func=run)
 
 
