@@ -2,7 +2,8 @@
 
 - `cascade_routes_in_sync`: 1 while the tiers Envoy routes match the config's, 0 when not;
 - `cascade_routes_mismatch_total{outcome}`: streams whose Envoy routes another set of tiers,
-  `kept` (decided with the last config Envoy can route) or `unknown` (none known: current);
+  `kept` (decided with the last config Envoy can route), `restricted` (none known: the current
+  config without the rules deciding tiers Envoy lacks) or `unknown` (no tier in common);
 - `cascade_routes_info{envoy, config}`: the two fingerprints (value 1).
 
 The scrape reads a bool, two strings and copies a dict of two fixed keys: no lock needed.

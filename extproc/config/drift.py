@@ -12,7 +12,10 @@ picks, per stream, a snapshot whose fingerprint matches:
   stay routable; the mismatch is counted (`outcome="kept"`), logged once per pair and reported
   (`in_sync` false: the `cascade_routes_in_sync` gauge and the `cascade.routes` health service);
 - else (no snapshot Envoy can route is known, e.g. the server started with a newer config than
-  Envoy's) the current one, counted as `outcome="unknown"` and reported the same way.
+  Envoy's) the current one restricted to the tiers Envoy names (`restrict`: rules deciding
+  another tier are dropped, a default Envoy lacks becomes `default_tier` or Envoy's cheapest
+  known tier), counted as `outcome="restricted"`; with no tier in common, the current one
+  unchanged (`outcome="unknown"`).
 
 Re-render and reload Envoy (`cascade render envoy`) to clear it. Plain bookkeeping, no I/O; the
 transport calls `snapshot_for` once per stream (one comparison, one dict lookup).
@@ -20,18 +23,23 @@ transport calls `snapshot_for` once per stream (one comparison, one dict lookup)
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 from collections.abc import Callable
 
 from extproc.config.snapshot import Snapshot
+from extproc.core.rules import Rule
 
 logger = logging.getLogger(__name__)
 
 #: How many earlier fingerprints (and their last snapshots) are kept.
 KEPT_FINGERPRINTS = 4
 
-OUTCOMES = ("kept", "unknown")
+#: Longest fingerprint read from the metadata (more is cut: it is logged and a label).
+MAX_FINGERPRINT = 512
+
+OUTCOMES = ("kept", "restricted", "unknown")
 
 
 def routes_fingerprint(snapshot: Snapshot) -> str:
@@ -43,6 +51,36 @@ def routes_fingerprint(snapshot: Snapshot) -> str:
     parts = [f"{tier.name}={tier.model}" for tier in snapshot.tiers]
     digest = hashlib.sha256("\n".join(parts).encode("utf-8")).hexdigest()[:12]
     return f"{digest}:{','.join(snapshot.tier_names)}"
+
+
+def envoy_tiers(fingerprint: str) -> tuple[str, ...]:
+    """The tier names a fingerprint lists (after its `:`)."""
+    _digest, _, names = fingerprint.partition(":")
+    return tuple(name for name in names.split(",") if name)
+
+
+def restrict(snapshot: Snapshot, names: tuple[str, ...]) -> Snapshot | None:
+    """`snapshot` deciding only tiers in `names`; None when they have no tier in common."""
+    known = set(names)
+    routable = [name for name in snapshot.tier_names if name in known]
+    if not routable:
+        return None
+    default = snapshot.default_tier if snapshot.default_tier in known else routable[0]
+
+    def fits(rule: Rule) -> bool:
+        if rule.scorer is not None:
+            return all(tier in known for tier in rule.scorer.scorer.tiers)
+        return rule.tier in known
+
+    classifiers = {
+        version: dataclasses.replace(
+            classifier,
+            default=classifier.default if classifier.default in known else default,
+            rules=tuple(rule for rule in classifier.rules if fits(rule)),
+        )
+        for version, classifier in snapshot.classifiers.items()
+    }
+    return dataclasses.replace(snapshot, default_tier=default, classifiers=classifiers)
 
 
 class RoutesGuard:
@@ -66,6 +104,8 @@ class RoutesGuard:
         #: the last fingerprint Envoy sent ("" before the first stream)
         self.envoy = ""
         self._logged: set[tuple[str, str]] = set()
+        #: (current snapshot, Envoy's fingerprint) -> the current one restricted to its tiers
+        self._restricted: tuple[Snapshot, str, Snapshot | None] | None = None
 
     @property
     def last_config(self) -> str:
@@ -94,28 +134,43 @@ class RoutesGuard:
         snapshot, fingerprint = self._fingerprinted()
         if not envoy:
             return snapshot
+        envoy = envoy[:MAX_FINGERPRINT]  # peer input: logged and a metric label
         self.envoy = envoy
         if envoy == fingerprint:
             if not self.in_sync:
                 self._set_in_sync(True)
             return snapshot
-        kept = self._routable.get(envoy)
-        outcome = "kept" if kept is not None else "unknown"
+        chosen = self._routable.get(envoy)
+        outcome = "kept"
+        if chosen is None:
+            chosen = self._restrict(snapshot, envoy)
+            outcome = "restricted" if chosen is not None else "unknown"
         self.mismatches[outcome] += 1
         if self.in_sync:
             self._set_in_sync(False)
         if (envoy, fingerprint) not in self._logged and len(self._logged) < 64:
             self._logged.add((envoy, fingerprint))
+            how = {
+                "kept": "deciding with the last config Envoy can route",
+                "restricted": "deciding with the current config restricted to Envoy's tiers",
+                "unknown": "no tier in common: deciding with the current config",
+            }[outcome]
             logger.error(
-                "the config's tiers (%s) do not match the tiers Envoy routes (%s): %s; "
-                "re-render the Envoy config (cascade render envoy) and reload Envoy",
+                "the config's tiers (%s) do not match the tiers Envoy routes (%s): %s "
+                "(digest %s); re-render the Envoy config (cascade render envoy) and reload Envoy",
                 fingerprint,
                 envoy,
-                f"deciding with the last config Envoy can route (digest {kept.digest})"
-                if kept is not None
-                else "no config Envoy can route is known, deciding with the current one",
+                how,
+                (chosen or snapshot).digest,
             )
-        return kept if kept is not None else snapshot
+        return chosen if chosen is not None else snapshot
+
+    def _restrict(self, snapshot: Snapshot, envoy: str) -> Snapshot | None:
+        cached = self._restricted
+        if cached is None or cached[0] is not snapshot or cached[1] != envoy:
+            cached = (snapshot, envoy, restrict(snapshot, envoy_tiers(envoy)))
+            self._restricted = cached
+        return cached[2]
 
     def _set_in_sync(self, value: bool) -> None:
         if value == self.in_sync:

@@ -83,4 +83,4 @@ async def test_reload_with_a_new_tier_keeps_deciding_what_envoy_routes(
         assert await decide(channel, "please refactor this", new) == "mid"
         assert await routes_health(channel) == serving.SERVING
         assert await routes_health(channel) == serving.SERVING
-    assert server.routes.mismatches == {"kept": 1, "unknown": 0}
+    assert server.routes.mismatches == {"kept": 1, "restricted": 0, "unknown": 0}

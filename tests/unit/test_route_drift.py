@@ -6,7 +6,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from extproc.config.drift import KEPT_FINGERPRINTS, RoutesGuard, routes_fingerprint
+from extproc.config.drift import (
+    KEPT_FINGERPRINTS,
+    MAX_FINGERPRINT,
+    RoutesGuard,
+    envoy_tiers,
+    restrict,
+    routes_fingerprint,
+)
 from extproc.config.snapshot import Snapshot, compile_config
 from extproc.core import headers
 from extproc.gateway.render import bootstrap
@@ -61,7 +68,7 @@ def test_guard_keeps_the_last_routable_snapshot_and_counts() -> None:
     guard.reloaded(ok=True, message="")
     assert changes == [False]  # judged at the reload, before any stream
     assert guard.snapshot_for(envoy) is TWO
-    assert guard.mismatches == {"kept": 1, "unknown": 0}
+    assert guard.mismatches == {"kept": 1, "restricted": 0, "unknown": 0}
     assert not guard.in_sync
     # Envoy re-rendered from the new config: in sync, current again
     assert guard.snapshot_for(routes_fingerprint(THREE)) is THREE
@@ -69,11 +76,40 @@ def test_guard_keeps_the_last_routable_snapshot_and_counts() -> None:
     assert changes == [False, True]
 
 
-def test_guard_without_a_routable_snapshot_uses_the_current_one() -> None:
-    guard = RoutesGuard(lambda: THREE)
-    assert guard.snapshot_for(routes_fingerprint(TWO)) is THREE
-    assert guard.mismatches == {"kept": 0, "unknown": 1}
+def test_guard_without_a_routable_snapshot_restricts_the_current_one_to_envoys_tiers() -> None:
+    three = config(
+        "[{name: weak, model: a}, {name: mid, model: m}, {name: strong, model: b}]",
+        "[{name: to_mid, kind: keyword, keywords: [refactor], tier: mid},"
+        " {name: long, kind: chars, gt: 10, tier: strong}]",
+    )
+    guard = RoutesGuard(lambda: three)
+    chosen = guard.snapshot_for(routes_fingerprint(TWO))  # Envoy knows weak and strong only
+    assert chosen is not three
+    assert guard.snapshot_for(routes_fingerprint(TWO)) is chosen  # cached
+    rules = chosen.classifiers["v1"].rules
+    assert [rule.name for rule in rules] == ["long"]
+    assert guard.mismatches == {"kept": 0, "restricted": 2, "unknown": 0}
     assert not guard.in_sync
+    none_in_common = guard.snapshot_for("0123456789ab:alpha,beta")
+    assert none_in_common is three
+    assert guard.mismatches["unknown"] == 1
+
+
+def test_restrict_moves_a_default_envoy_lacks() -> None:
+    snapshot = compile_config(
+        "tiers: [{name: weak}, {name: strong}]\ndefault_tier: strong\nclassifier: v1\n"
+        "classifiers: {v1: {default: strong}}\n"
+    )
+    restricted = restrict(snapshot, envoy_tiers("x:weak"))
+    assert restricted is not None
+    assert (restricted.default_tier, restricted.classifiers["v1"].default) == ("weak", "weak")
+    assert restrict(snapshot, ()) is None
+
+
+def test_a_long_fingerprint_is_cut() -> None:
+    guard = RoutesGuard(lambda: TWO)
+    guard.snapshot_for("x" * 10_000)
+    assert len(guard.envoy) == MAX_FINGERPRINT
 
 
 def test_guard_keeps_a_bounded_number_of_fingerprints() -> None:
@@ -82,8 +118,10 @@ def test_guard_keeps_a_bounded_number_of_fingerprints() -> None:
     for index in range(KEPT_FINGERPRINTS + 2):
         box.snapshot = config(f"[{{name: weak, model: m{index}}}]")
         guard.snapshot_for("")
-    assert guard.snapshot_for(routes_fingerprint(TWO)) is box.snapshot  # forgotten
-    assert guard.mismatches["unknown"] == 1
+    chosen = guard.snapshot_for(routes_fingerprint(TWO))
+    assert chosen is not TWO  # forgotten: the current one, restricted to Envoy's tiers
+    assert chosen.tiers is box.snapshot.tiers
+    assert guard.mismatches["restricted"] == 1
 
 
 def test_render_warns_on_tiers_without_backends_and_says_what_it_wrote(tmp_path: Path) -> None:
