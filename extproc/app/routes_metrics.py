@@ -20,7 +20,7 @@ from prometheus_client.registry import Collector
 from extproc.config.drift import RoutesGuard
 
 IN_SYNC = "cascade_routes_in_sync"
-MISMATCH = "cascade_routes_mismatch"
+MISMATCH = "cascade_routes_mismatch_total"
 
 
 class RoutesCollector(Collector):

@@ -34,6 +34,8 @@ COUNTERS_AND_GAUGES = {
     "cascade_tier_price_per_hour_dollars",
     "cascade_misroute_suspected_total",
     "cascade_feedback_total",
+    "cascade_routes_in_sync",
+    "cascade_routes_mismatch_total",
 }
 HISTOGRAMS = {
     "cascade_classify_duration_seconds",
@@ -151,6 +153,7 @@ def test_every_alert_is_unit_tested_firing_and_silent() -> None:
         "CascadeWeakShareOutOfBand",
         "CascadeMisrouteRateHigh",
         "CascadeClassifierErrors",
+        "CascadeRoutesOutOfSync",
     }
     firing: set[str] = set()
     silent: set[str] = set()
@@ -173,7 +176,11 @@ def test_thresholds_are_parameters() -> None:
     assert params["cascade:param:misroute_ratio_max"] == "vector(0.05)"
     # Alerts compare with the parameters, never with a number written into the alert.
     for rule in rules():
-        if "alert" in rule and rule["alert"] != "CascadeClassifierAbsent":
+        # the two without a threshold: nothing scraped, and a yes/no condition
+        if "alert" in rule and rule["alert"] not in {
+            "CascadeClassifierAbsent",
+            "CascadeRoutesOutOfSync",
+        }:
             assert "cascade:param:" in rule["expr"], rule["alert"]
             assert not re.search(r"[<>]=?\s*[0-9]", rule["expr"]), rule["alert"]
 
@@ -251,9 +258,11 @@ def test_dashboard_queries_parse(tmp_path: Path) -> None:
 
 
 def test_exported_names_match_the_server() -> None:
+    from extproc.app import routes_metrics
     from extproc.telemetry import metrics
 
-    defined = {v for v in vars(metrics).values() if isinstance(v, str) and v.startswith("cascade_")}
+    names = [*vars(metrics).values(), *vars(routes_metrics).values()]
+    defined = {v for v in names if isinstance(v, str) and v.startswith("cascade_")}
     assert defined >= COUNTERS_AND_GAUGES | HISTOGRAMS
 
 
