@@ -149,3 +149,28 @@ def test_warnings_exit_0_unless_strict(tmp_path: Path) -> None:
     assert strict.returncode == 1
     clean = run("check-config", "--strict", str(DEFAULT_CONFIG))
     assert clean.returncode == 0, clean.stderr
+
+
+def test_scorer_warnings(tmp_path: Path) -> None:
+    from tests.unit.test_scorer import artifact_document, make_scorer, write_artifact
+
+    sha = write_artifact(tmp_path / "model.json", artifact_document(make_scorer(3)))
+    conf = tmp_path / "cascade.yaml"
+    conf.write_text(
+        "tiers: [{name: weak}, {name: mid}, {name: strong}]\nclassifier: v9\nclassifiers:\n"
+        "  v9:\n    default: mid\n    rules:\n"
+        f"      - {{name: learned, kind: scorer, model: model.json, sha256: {sha}}}\n"
+        "      - {name: long_text, kind: chars, gt: 40, tier: strong}\n"
+    )
+    found = {(f.path, f.message.split(":")[0]) for f in lint(load_snapshot(conf))}
+    assert found == {
+        ("classifiers.v9.rules[1]", "never decides"),
+        (
+            "classifiers.v9.rules[0].model",
+            "the artifact was trained for tiers weak, strong; it never chooses mid",
+        ),
+    }
+    # with an abstain band the rule after it can decide
+    conf.write_text(conf.read_text().replace(f"sha256: {sha}}}", f"sha256: {sha}, abstain: 0.1}}"))
+    found = {f.path for f in lint(load_snapshot(conf))}
+    assert found == {"classifiers.v9.rules[0].model"}
