@@ -36,7 +36,8 @@ def load_config_or_exit(path: Path | None) -> Snapshot:
     try:
         return load_snapshot(path or default_config_path())
     except ConfigError as exc:
-        print(f"cascade: {exc}", file=sys.stderr)
+        for error in getattr(exc, "errors", (exc,)):
+            print(f"cascade: {error}", file=sys.stderr)
         raise SystemExit(2) from exc
 
 

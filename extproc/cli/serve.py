@@ -136,7 +136,8 @@ def run_serve(args: argparse.Namespace) -> int:
     try:
         return asyncio.run(run(options))
     except ConfigError as exc:
-        print(f"cascade: {exc}", file=sys.stderr)
+        for error in getattr(exc, "errors", (exc,)):
+            print(f"cascade: {error}", file=sys.stderr)
         return 2
     except OSError as exc:
         print(

@@ -174,3 +174,13 @@ def test_scorer_warnings(tmp_path: Path) -> None:
     conf.write_text(conf.read_text().replace(f"sha256: {sha}}}", f"sha256: {sha}, abstain: 0.1}}"))
     found = {f.path for f in lint(load_snapshot(conf))}
     assert found == {"classifiers.v9.rules[0].model"}
+
+
+def test_commands_loading_a_config_print_one_line_per_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(SIX_ERRORS)
+    result = run("classify", "--config", str(bad), "-")
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 6
+    assert all(line.startswith(f"cascade: {bad}: ") for line in lines)
