@@ -22,9 +22,10 @@ import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from extproc.app import transport_metrics
+from extproc.app import cache_metrics, transport_metrics
 from extproc.config.store import ConfigStore
 from extproc.core.hostport import parse_listen
+from extproc.routing.cache_store import CacheStore
 from extproc.routing.observer import Observer
 from extproc.services.api import SERVICE as CASCADE_SERVICE
 from extproc.services.api import CascadeApi, add_to_server, h2_methods
@@ -89,8 +90,12 @@ class CascadeServer:
             lambda: self.store.current, self.metrics, Tracing.from_env()
         )
         self.store.listeners.append(self.recorder.reloaded)
-        self.servicer = ExternalProcessor(lambda: self.store.current, observer or self.recorder)
+        self.cache = CacheStore()
+        self.servicer = ExternalProcessor(
+            lambda: self.store.current, observer or self.recorder, self.cache
+        )
         self.metrics.track_inflight(lambda: self.servicer.in_flight)
+        cache_metrics.register(self.metrics.registry, self.cache, lambda: self.store.current)
         self.api = CascadeApi(lambda: self.store.current, self.recorder, _authenticator(options))
         self.metrics_server: MetricsServer | None = None
         self.metrics_port = 0

@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from extproc.config.cache import CacheSettings, compile_cache
 from extproc.config.check import Checker, join_path
 from extproc.config.classifiers import (
     DEFAULT_TRIGGERS,
@@ -110,6 +111,7 @@ class Snapshot:
     server: ServerSettings
     envoy: EnvoySettings = field(default_factory=EnvoySettings)
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
+    cache: CacheSettings = field(default_factory=CacheSettings)
     raw: Mapping[str, Any] = field(repr=False, compare=False, default_factory=dict)
 
     def tier(self, name: str) -> Tier:
@@ -150,6 +152,7 @@ _TOP_KEYS = {
     "server",
     "envoy",
     "telemetry",
+    "cache",
 }
 
 
@@ -201,6 +204,7 @@ def compile_document(document: object, source: str, digest: str = "") -> Snapsho
     server = _compile_server(check, top.get("server"))
     envoy = compile_envoy(check, top.get("envoy"))
     telemetry = compile_telemetry(check, top.get("telemetry"))
+    cache = compile_cache(check, top.get("cache"))
     return Snapshot(
         source=source,
         digest=digest,
@@ -212,6 +216,7 @@ def compile_document(document: object, source: str, digest: str = "") -> Snapsho
         server=server,
         envoy=envoy,
         telemetry=telemetry,
+        cache=cache,
         raw=top,
     )
 

@@ -17,6 +17,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
 from extproc.config.snapshot import Snapshot
 from extproc.core import headers
+from extproc.routing.cache_store import CacheStore
 from extproc.routing.observer import Observer
 from extproc.routing.processor import RequestProcessor
 from extproc.routing.upstream import UpstreamProcessor
@@ -33,12 +34,12 @@ def role_of(context: grpc.aio.ServicerContext[pb.ProcessingRequest, pb.Processin
 
 
 def open_processor(
-    snapshot: Snapshot, observer: Observer | None, role: str
+    snapshot: Snapshot, observer: Observer | None, role: str, cache: CacheStore | None = None
 ) -> RequestProcessor | UpstreamProcessor:
     """The processor for a new stream: per-attempt (`upstream` role) or the classifier."""
     if role == headers.ROLE_UPSTREAM:  # per-attempt filter on a cluster
         return UpstreamProcessor(snapshot, observer)
-    return RequestProcessor(snapshot, observer)
+    return RequestProcessor(snapshot, observer, cache)
 
 
 def _after_write(callback: Callable[[], None]) -> None:
@@ -57,7 +58,7 @@ class ExtProcSession:
     def __init__(self, owner: ExternalProcessor, metadata: dict[str, str]) -> None:
         self._owner = owner
         self._processor = open_processor(
-            owner.snapshot(), owner.observer, metadata.get(headers.ROLE_METADATA, "")
+            owner.snapshot(), owner.observer, metadata.get(headers.ROLE_METADATA, ""), owner.cache
         )
         owner.in_flight += 1
 
@@ -85,9 +86,16 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
         """The HTTP/2 transport's stream factory."""
         return ExtProcSession(self, metadata)
 
-    def __init__(self, snapshot: Callable[[], Snapshot], observer: Observer | None = None) -> None:
+    def __init__(
+        self,
+        snapshot: Callable[[], Snapshot],
+        observer: Observer | None = None,
+        cache: CacheStore | None = None,
+    ) -> None:
         self.snapshot = snapshot
         self.observer = observer
+        #: the response cache, shared by every stream (used when the config enables it)
+        self.cache = cache
         #: streams currently open (read by shutdown and metrics)
         self.in_flight = 0
 
@@ -96,7 +104,7 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
         request_iterator: AsyncIterator[pb.ProcessingRequest],
         context: grpc.aio.ServicerContext[pb.ProcessingRequest, pb.ProcessingResponse],
     ) -> AsyncIterator[pb.ProcessingResponse]:
-        processor = open_processor(self.snapshot(), self.observer, role_of(context))
+        processor = open_processor(self.snapshot(), self.observer, role_of(context), self.cache)
         self.in_flight += 1
         try:
             async for request in request_iterator:
