@@ -53,7 +53,11 @@ def grams(text: str) -> npt.NDArray[np.uint64]:
 
 
 def shingle(text: str) -> Shingled:
-    values = grams(text)
+    return from_grams(grams(text))
+
+
+def from_grams(values: npt.NDArray[np.uint64]) -> Shingled:
+    """The bands of a gram set (a text's, or one received from another replica)."""
     signature = ((_A * values + _B) >> np.uint64(32)).min(axis=1).astype(np.uint32).tobytes()
     width = ROWS * 4
     bands = tuple(

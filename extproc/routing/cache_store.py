@@ -69,6 +69,8 @@ class CacheStore:
         self._entries: OrderedDict[str, Entry] = OrderedDict()
         self._buckets: dict[str, _Bucket] = {}
         self.listeners: list[Callable[[Entry], None]] = []
+        #: hear every local `clear` (Redis replication tells the other replicas)
+        self.clear_listeners: list[Callable[[], None]] = []
         #: counters by name (`lookup_<result>`, `store_<result>`, `evicted`, `expired`, ...)
         self.counts: dict[str, int] = {}
         self.latency = [0] * (len(LATENCY_BOUNDS) + 1)
@@ -141,12 +143,15 @@ class CacheStore:
             for listener in self.listeners:
                 listener(entry)
 
-    def clear(self) -> int:
-        """Forget everything (the admin call); returns how many entries went."""
+    def clear(self, *, local: bool) -> int:
+        """Forget everything (the admin call, or another replica's); returns how many went."""
         dropped = len(self._entries)
         self._entries.clear()
         self._buckets.clear()
         self.count("invalidated", dropped)
+        if local:
+            for listener in self.clear_listeners:
+                listener()
         return dropped
 
     def _drop(self, key: str) -> None:
