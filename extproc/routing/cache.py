@@ -207,8 +207,10 @@ def store_answer(
     if reason:
         store.count(f"store_{reason}")
         return reason
-    parse = cached_answer.from_sse if streamed else cached_answer.from_json
-    answer = parse(bytes(ticket.body), tool_calls=settings.store_tool_calls)
+    body = bytes(ticket.body)
+    sse = streamed and body.lstrip().startswith((b"data:", b":", b"event:"))
+    parse = cached_answer.from_sse if sse else cached_answer.from_json
+    answer = parse(body, tool_calls=settings.store_tool_calls)
     ticket.body = bytearray()
     if isinstance(answer, str):
         store.count(f"store_{answer}")
