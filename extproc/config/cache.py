@@ -25,6 +25,9 @@ class SemanticSettings:
     threshold: float = 0.9
     #: stored texts compared per bucket (same prefix and facts); the oldest are dropped first
     max_per_bucket: int = 1000
+    #: a longer last user message is matched exactly only (its near-duplicate check would cost
+    #: more than it finds: long prompts repeat verbatim or not at all)
+    max_chars: int = 2000
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,7 +174,7 @@ def _compile_semantic(check: Checker, value: object) -> SemanticSettings:
     if value is None:
         return SemanticSettings()
     path = "cache.semantic"
-    spec = check.mapping(value, path, {"enabled", "threshold", "max_per_bucket"})
+    spec = check.mapping(value, path, {"enabled", "threshold", "max_per_bucket", "max_chars"})
     defaults = SemanticSettings()
     threshold = check.number(
         spec.get("threshold", defaults.threshold), join_path(path, "threshold")
@@ -187,6 +190,9 @@ def _compile_semantic(check: Checker, value: object) -> SemanticSettings:
             spec.get("max_per_bucket", defaults.max_per_bucket),
             join_path(path, "max_per_bucket"),
             minimum=1,
+        ),
+        max_chars=check.integer(
+            spec.get("max_chars", defaults.max_chars), join_path(path, "max_chars"), minimum=1
         ),
     )
 

@@ -22,6 +22,7 @@ import hashlib
 import hmac
 import re
 import unicodedata
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -61,15 +62,21 @@ def request_keys(
     tenant: str,
     partition: str,
     ignore: Iterable[str] = DEFAULT_IGNORE,
+    *,
+    semantic: bool = True,
+    max_text: int = 1 << 30,
 ) -> CacheKeys:
-    """The keys of a parsed chat request (`document` as decoded; it is not modified)."""
+    """The keys of a parsed chat request (`document` as decoded; it is not modified).
+
+    `semantic=False`, or a last user message over `max_text` characters: the exact key only
+    (no bucket, no facts: the cheap path)."""
     skipped = set(ignore)
     kept = {name: value for name, value in document.items() if name not in skipped}
     head = (tenant + "\x00" + partition).encode()
     exact = _digest(b"exact", head, orjson.dumps(kept, option=orjson.OPT_SORT_KEYS))
     messages = kept.get("messages")
-    text = _last_user_text(messages)
-    if text is None or not isinstance(messages, list):
+    text = _last_user_text(messages) if semantic else None
+    if text is None or len(text) > max_text or not isinstance(messages, list):
         return CacheKeys(exact, None, "")
     kept["messages"] = messages[:-1]
     prefix = orjson.dumps(kept, option=orjson.OPT_SORT_KEYS)
@@ -121,7 +128,9 @@ _QUOTED = re.compile(
 )
 _TOKEN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:(?:\.|::|->)[A-Za-z_][A-Za-z0-9_]*)*(?:\(\))?")
 _OPTION = re.compile(r"^\s*(?:\(?[A-Za-z0-9]{1,2}[.):]|[-*•])\s+\S.*$", re.MULTILINE)
-_PUNCTUATION = "\"'`.,;:!?()[]{}<>«»“”‘’「」『』、。，！？：；（）-–—…*_~#/\\|"
+#: words for the word lists: punctuation and compound separators (`two-thirds`, `and/or`)
+#: become spaces, apostrophes vanish (`isn't` -> `isnt`)
+_WORD_BREAK = re.compile(r"[\"`.,;:!?()\[\]{}<>«»“”「」『』、。，！？：；（）\-‐‑–—…*_~#/\\|=+\s]+")
 
 _NUMBER_WORDS = frozenset(
     "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
@@ -161,21 +170,33 @@ def facts(text: str) -> str:
     blocks = [_normal(block) for block in _CODE_BLOCK.findall(raw)]
     prose = _CODE_BLOCK.sub(" ", raw)
     inline = sorted(_normal(code) for code in _INLINE_CODE.findall(prose))
-    quoted = sorted(_normal(next(g for g in groups if g)) for groups in _QUOTED.findall(prose))
-    numbers = sorted(_NUMBER.findall(prose)) + sorted(_CJK_NUMERALS.findall(prose))
+    ascii_only = prose.isascii()
+    quoted = (
+        sorted(_normal(next(g for g in groups if g)) for groups in _QUOTED.findall(prose))
+        if not ascii_only or '"' in prose or "'" in prose
+        else []
+    )
+    numbers = sorted(_NUMBER.findall(prose))
+    if not ascii_only:
+        numbers += sorted(_CJK_NUMERALS.findall(prose))
     identifiers = sorted(
         token
-        for token in _TOKEN.findall(prose)
+        for token in set(_TOKEN.findall(prose))
         if (not token.isalpha() or not (token.islower() or token.isupper() or token.istitle()))
         and token.strip("_")
     )
-    options = [_normal(line) for line in _OPTION.findall(prose)]
-    words = [
-        token.strip(_PUNCTUATION).replace("'", "")
-        for token in prose.casefold().replace("\u2019", "'").split()
-    ]
-    number_words = sorted(w for w in words if w in _NUMBER_WORDS)
-    negations = sorted([w for w in words if w in _NEGATIONS] + _CJK_NEGATION.findall(prose))
-    polarity = sorted(w for w in words if w in _POLARITY)
+    options = [_normal(line) for line in _OPTION.findall(prose)] if "\n" in prose else []
+    folded = prose.casefold().replace("\u2019", "'").replace("\u2018", "'")
+    words = Counter(_WORD_BREAK.sub(" ", folded).replace("'", "").split())
+    number_words = _listed(words, _NUMBER_WORDS)
+    negations = _listed(words, _NEGATIONS)
+    if not ascii_only:
+        negations = sorted(negations + _CJK_NEGATION.findall(prose))
+    polarity = _listed(words, _POLARITY)
     families = (blocks, inline, quoted, numbers, identifiers, options, number_words, negations)
     return "\x1e".join("\x1f".join(family) for family in (*families, polarity))
+
+
+def _listed(words: Counter[str], listed: frozenset[str]) -> list[str]:
+    """The listed words present, each as often as it occurs, sorted."""
+    return sorted(word for word in words.keys() & listed for _ in range(words[word]))

@@ -116,8 +116,15 @@ def lookup(
         store.count("lookup_skip")
         return None, None, "skip"
     partition = partition_of(settings, classifier, values.get(":path", ""))
-    keys = request_keys(chat.document, tenant, partition, settings.ignore_fields)
-    semantic = settings.semantic.enabled and keys.bucket is not None
+    keys = request_keys(
+        chat.document,
+        tenant,
+        partition,
+        settings.ignore_fields,
+        semantic=settings.semantic.enabled,
+        max_text=settings.semantic.max_chars,
+    )
+    semantic = keys.bucket is not None
     ticket = CacheTicket(keys, partition, "miss")
     if "no-cache" in control:
         ticket.status = "bypass"

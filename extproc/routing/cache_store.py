@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from extproc.core.cached_answer import Answer
 from extproc.core.similarity import Shingled, cosine
 
+#: candidates (most shared LSH bands first) compared exactly per semantic lookup
+MAX_CANDIDATES = 16
 #: upper bounds (seconds) of the lookup-latency histogram's buckets
 LATENCY_BOUNDS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3)
 
@@ -111,16 +113,26 @@ class CacheStore:
         index = self._buckets.get(bucket)
         if index is None:
             return None
-        candidates: set[str] = set()
+        votes: dict[str, int] = {}
         for band in shingled.bands:
-            keys = index.bands.get(band)
-            if keys:
-                candidates |= keys
+            for key in index.bands.get(band, ()):
+                votes[key] = votes.get(key, 0) + 1
+        # cosine >= t needs t^2 <= |A| / |B| <= 1 / t^2: other lengths cannot match
+        size = shingled.grams.size
+        low, high = size * threshold * threshold, size / (threshold * threshold)
+        ranked = sorted(votes, key=votes.__getitem__, reverse=True)
         best: tuple[str, float] | None = None
-        for key in candidates:
-            score = cosine(shingled.grams, index.texts[key].grams)
+        checked = 0
+        for key in ranked:
+            grams = index.texts[key].grams
+            if not low <= grams.size <= high:
+                continue
+            score = cosine(shingled.grams, grams)
             if score >= threshold and (best is None or score > best[1]):
                 best = (key, score)
+            checked += 1
+            if checked >= MAX_CANDIDATES:
+                break
         if best is None:
             return None
         entry = self.exact(best[0])
