@@ -35,8 +35,12 @@ from extproc.config.snapshot import Snapshot
 from extproc.routing.cache_store import LATENCY_BOUNDS, CacheStore
 from extproc.telemetry.records import cost_of
 
+#: the exposed names of the families dashboards and alerts read
+LOOKUPS_TOTAL = "cascade_cache_lookups_total"
+SAVED_USD_TOTAL = "cascade_cache_saved_usd_total"
+
 _FAMILIES = (
-    ("lookup_", "cascade_cache_lookups", "Response-cache lookups by result", "result"),
+    ("lookup_", LOOKUPS_TOTAL.removesuffix("_total"), "Response-cache lookups by result", "result"),
     (
         "store_",
         "cascade_cache_stores",
@@ -104,7 +108,7 @@ class CacheCollector(Collector):
             for tier, tokens in list(store.saved_tokens.items())
         )
         yield CounterMetricFamily(
-            "cascade_cache_saved_usd",
+            SAVED_USD_TOTAL.removesuffix("_total"),
             "What the answers served from the cache would have cost on their tier",
             value=saved,
         )

@@ -34,6 +34,8 @@ COUNTERS_AND_GAUGES = {
     "cascade_tier_price_per_hour_dollars",
     "cascade_misroute_suspected_total",
     "cascade_feedback_total",
+    "cascade_cache_lookups_total",
+    "cascade_cache_saved_usd_total",
 }
 HISTOGRAMS = {
     "cascade_classify_duration_seconds",
@@ -251,9 +253,15 @@ def test_dashboard_queries_parse(tmp_path: Path) -> None:
 
 
 def test_exported_names_match_the_server() -> None:
+    from extproc.app import cache_metrics
     from extproc.telemetry import metrics
 
-    defined = {v for v in vars(metrics).values() if isinstance(v, str) and v.startswith("cascade_")}
+    defined = {
+        v
+        for module in (metrics, cache_metrics)
+        for v in vars(module).values()
+        if isinstance(v, str) and v.startswith("cascade_")
+    }
     assert defined >= COUNTERS_AND_GAUGES | HISTOGRAMS
 
 
