@@ -44,7 +44,7 @@ from typing import Any
 
 import yaml
 
-from extproc.config.snapshot import DEFAULT_CONFIG, load_snapshot
+from extproc.config.snapshot import DEFAULT_CONFIG, Snapshot, load_snapshot
 from extproc.gateway.common import TYPE
 from extproc.gateway.render import bootstrap
 
@@ -83,13 +83,21 @@ def body_4k() -> bytes:
         text = text[: -max(1, (len(body) - 4096) // 3)]
 
 
-def envoy_config(listen: int, admin: int, extproc_port: int | None) -> dict[str, Any]:
-    snapshot = load_snapshot(DEFAULT_CONFIG)
-    # Request path only: the response side (TTFT, usage) is measured by bench_ttft.py.
-    snapshot = dataclasses.replace(
-        snapshot,
-        telemetry=dataclasses.replace(snapshot.telemetry, response_processing=False),
-    )
+def envoy_config(
+    listen: int,
+    admin: int,
+    extproc_port: int | None,
+    snapshot: Snapshot | None = None,
+    answer: bytes | None = None,
+) -> dict[str, Any]:
+    """Envoy for one stack: the routes answer `direct_response` (their name, or `answer`)."""
+    if snapshot is None:
+        snapshot = load_snapshot(DEFAULT_CONFIG)
+        # Request path only: the response side (TTFT, usage) is measured by bench_ttft.py.
+        snapshot = dataclasses.replace(
+            snapshot,
+            telemetry=dataclasses.replace(snapshot.telemetry, response_processing=False),
+        )
     config = bootstrap(snapshot)
     config["admin"]["address"]["socket_address"]["port_value"] = admin
     listener = config["static_resources"]["listeners"][0]
@@ -100,7 +108,8 @@ def envoy_config(listen: int, admin: int, extproc_port: int | None) -> dict[str,
         name = route["name"]
         route.pop("route")
         route.pop("response_headers_to_add", None)
-        route["direct_response"] = {"status": 200, "body": {"inline_string": name}}
+        body = answer.decode() if answer is not None else name
+        route["direct_response"] = {"status": 200, "body": {"inline_string": body}}
     clusters = config["static_resources"]["clusters"]
     if extproc_port is None:
         hcm["http_filters"][0] = {

@@ -50,6 +50,13 @@ def _chat(*texts: str, stream: bool = False) -> bytes:
     return json.dumps(document, ensure_ascii=False).encode()
 
 
+#: the response cache's demo: one user asks the same question twice (docs/cache.md)
+_DEMO_USER = {"x-user-id": "demo-user"}
+_CACHED = json.dumps(
+    {"model": "auto", "messages": [{"role": "user", "content": "Name the largest ocean."}],
+     "temperature": 0}
+).encode()  # fmt: skip
+
 REQUESTS = [
     DemoRequest("English, short", _chat("What does a Python list comprehension do?")),
     DemoRequest("English, keyword", _chat("Please refactor this class into smaller functions")),
@@ -62,6 +69,8 @@ REQUESTS = [
     DemoRequest("streaming (SSE)", _chat("debug this stack trace", stream=True)),
     DemoRequest("GET /v1/models", None, method="GET", path="/v1/models"),
     DemoRequest("invalid JSON", b"{not json"),
+    DemoRequest("cache: first ask", _CACHED, headers=_DEMO_USER),
+    DemoRequest("cache: asked again", _CACHED, headers=_DEMO_USER),
 ]
 
 
@@ -92,6 +101,7 @@ def demo_config() -> str:
             price_in, price_out = DEMO_PRICES[tier["name"]]
             tier["price"] = {"input_per_mtok": price_in, "output_per_mtok": price_out}
     document["telemetry"] = {"response_processing": True}
+    document["cache"] = {"identity_headers": ["x-user-id"], "semantic": {"enabled": True}}
     return yaml.safe_dump(document, allow_unicode=True, sort_keys=False)
 
 
@@ -192,6 +202,8 @@ class Demo:
             backend = headers.get("x-mock-backend", "-")
             if status == 400:
                 backend = "(none: 400 from cascade)"
+            if headers.get("x-cascade-cache") == "hit":
+                backend = "(none: cache hit)"
             failures += not (status == 200 or request.label == "invalid JSON")
             rows.append(
                 (

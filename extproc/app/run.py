@@ -22,10 +22,12 @@ import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from extproc.app import routes_metrics, transport_metrics
+from extproc.app import cache_metrics, routes_metrics, transport_metrics
+from extproc.app.cache_sync import CacheSync
 from extproc.config.drift import RoutesGuard
 from extproc.config.store import ConfigStore
 from extproc.core.hostport import parse_listen
+from extproc.routing.cache_store import CacheStore
 from extproc.routing.observer import Observer
 from extproc.services.api import SERVICE as CASCADE_SERVICE
 from extproc.services.api import CascadeApi, add_to_server, h2_methods
@@ -95,12 +97,23 @@ class CascadeServer:
         self.store.listeners.append(self.recorder.reloaded)
         self.routes = RoutesGuard(lambda: self.store.current, self._routes_changed)
         self.store.listeners.append(self.routes.reloaded)
+        self.cache = CacheStore()
         self.servicer = ExternalProcessor(
-            lambda: self.store.current, observer or self.recorder, self.routes
+            lambda: self.store.current, observer or self.recorder, self.cache, self.routes
         )
         routes_metrics.register(self.metrics.registry, self.routes)
         self.metrics.track_inflight(lambda: self.servicer.in_flight)
-        self.api = CascadeApi(lambda: self.store.current, self.recorder, _authenticator(options))
+        cache_metrics.register(self.metrics.registry, self.cache, lambda: self.store.current)
+        settings = self.store.current.cache
+        #: Redis replication of the cache (read at start: changing the backend needs a restart)
+        self.cache_sync = (
+            CacheSync(self.cache, lambda: self.store.current)
+            if settings.enabled and settings.backend == "redis"
+            else None
+        )
+        self.api = CascadeApi(
+            lambda: self.store.current, self.recorder, _authenticator(options), cache=self.cache
+        )
         self.metrics_server: MetricsServer | None = None
         self.metrics_port = 0
         self.health = health.aio.HealthServicer()
@@ -118,6 +131,8 @@ class CascadeServer:
         if options.transport not in TRANSPORTS:
             raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}")
         self.recorder.start()
+        if self.cache_sync is not None:
+            self.cache_sync.start()
         if options.metrics_listen is not None:
             self._start_metrics(options.metrics_listen)
         if options.transport == "h2":
@@ -259,6 +274,8 @@ class CascadeServer:
         if self._h2 is not None:
             await self._h2.stop(self.options.grace)
         await self.recorder.stop()
+        if self.cache_sync is not None:
+            await self.cache_sync.stop()
         if self.metrics_server is not None:
             self.metrics_server.stop()
         logger.info("stopped")

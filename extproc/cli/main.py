@@ -24,6 +24,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "extproc.cli.canary",
     "extproc.cli.tuning",
     "extproc.cli.train",
+    "extproc.cli.cache",
 )
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from extproc.config.cache import CacheSettings, compile_cache
 from extproc.config.check import Checker, join_path
 from extproc.config.classifiers import (
     DEFAULT_TRIGGERS,
@@ -111,6 +112,7 @@ class Snapshot:
     server: ServerSettings
     envoy: EnvoySettings = field(default_factory=EnvoySettings)
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
+    cache: CacheSettings = field(default_factory=CacheSettings)
     raw: Mapping[str, Any] = field(repr=False, compare=False, default_factory=dict)
 
     def tier(self, name: str) -> Tier:
@@ -151,6 +153,7 @@ _TOP_KEYS = {
     "server",
     "envoy",
     "telemetry",
+    "cache",
 }
 
 
@@ -235,6 +238,7 @@ def _compile_sections(check: Checker, top: dict[str, Any], present: set[str]) ->
     telemetry = check.attempt(
         lambda: compile_telemetry(check, top.get("telemetry")), TelemetrySettings()
     )
+    cache = check.attempt(lambda: compile_cache(check, top.get("cache")), CacheSettings())
     if check.errors:
         return None
     return Snapshot(
@@ -248,6 +252,7 @@ def _compile_sections(check: Checker, top: dict[str, Any], present: set[str]) ->
         server=server,
         envoy=envoy,
         telemetry=telemetry,
+        cache=cache,
         raw=top,
     )
 

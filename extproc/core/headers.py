@@ -12,6 +12,8 @@ CLASSIFIER = "x-cascade-classifier"
 REASON = "x-cascade-reason"
 #: A scorer step's calibrated probability (3 decimals) at the boundary that decided.
 SCORE = "x-cascade-score"
+#: The response cache's verdict: `hit` (answered by the server), `miss`, `bypass`, `skip`, `audit`.
+CACHE = "x-cascade-cache"
 #: Envoy's request id, used in logs and as the canary key when no user key is sent.
 REQUEST_ID = "x-request-id"
 PATH = ":path"

@@ -51,7 +51,9 @@ def ext_proc_filter(snapshot: Snapshot) -> dict[str, Any]:
             "mutation_rules": {
                 "disallow_all": True,
                 "allow_expression": {
-                    "regex": "^(x-cascade-.*|content-length|content-type|traceparent|tracestate)$"
+                    # `age` and `cache-control`: a response-cache hit answered by the server
+                    "regex": "^(x-cascade-.*|content-length|content-type|traceparent|tracestate"
+                    "|age|cache-control)$"
                 },
             },
             "stat_prefix": "cascade",
@@ -76,6 +78,8 @@ def forwarded_headers(snapshot: Snapshot) -> dict[str, Any]:
     ]
     if snapshot.canary is not None:
         names.append(snapshot.canary.key_header)
+    if snapshot.cache.enabled:  # the tenant identity (only an HMAC of it is kept), Cache-Control
+        names.extend(snapshot.cache.headers)
     unique = list(dict.fromkeys(name.lower() for name in names))
     return {
         "allowed_headers": {
@@ -90,9 +94,10 @@ def response_processing(snapshot: Snapshot) -> dict[str, Any]:
     With `telemetry.response_processing` the server sees each response body chunk (STREAMED,
     answered at once, so SSE stays incremental) for TTFT, usage and cost; the first chunk carries
     Envoy's attributes (status, cluster, the chosen host's `cascade.tier` metadata), so the
-    response headers need no round trip of their own (SKIP). Off: request phases only.
+    response headers need no round trip of their own (SKIP). Off: request phases only. The
+    response cache needs the same to store answers.
     """
-    observe = snapshot.telemetry.response_processing
+    observe = snapshot.telemetry.response_processing or snapshot.cache.enabled
     mode = {
         "request_header_mode": "SEND",
         "request_body_mode": "BUFFERED",

@@ -211,6 +211,8 @@ RESPONSE_HEADERS = [
     header_value("x-cascade-served-cluster", "%UPSTREAM_CLUSTER%"),
     header_value(headers.CLASSIFIER, f"%REQ({headers.CLASSIFIER})%"),
     header_value(headers.REASON, f"%REQ({headers.REASON})%"),
+    # the response cache's verdict (miss, bypass, skip, audit); absent when the cache is off
+    header_value(headers.CACHE, f"%REQ({headers.CACHE})%"),
 ]
 
 

@@ -30,6 +30,9 @@ from extproc.core.chat import ChatRequest, parse_chat
 from extproc.core.classify import RULE_ERROR, RULE_UNPARSED, Decision, classify
 from extproc.core.excerpt import retry_excerpt
 from extproc.routing import mutations
+from extproc.routing.cache import HEADER as CACHE_HEADER
+from extproc.routing.cache import CacheTicket, lookup, store_answer
+from extproc.routing.cache_store import CacheStore
 from extproc.routing.choice import choose_classifier, fallback_decision
 from extproc.routing.headermap import header_map
 from extproc.routing.observer import (
@@ -66,6 +69,9 @@ class RequestProcessor:
         "_local",
         "_pending",
         "_response",
+        "_store",
+        "_ticket",
+        "cache",
         "decided",
         "done",
         "info",
@@ -75,9 +81,19 @@ class RequestProcessor:
         "trace",
     )
 
-    def __init__(self, snapshot: Snapshot, observer: Observer | None = None) -> None:
+    def __init__(
+        self,
+        snapshot: Snapshot,
+        observer: Observer | None = None,
+        cache: CacheStore | None = None,
+    ) -> None:
         self.snapshot = snapshot
         self.observer: Observer = observer or NullObserver()
+        #: the response cache (`extproc.routing.cache`), used when the config enables it
+        self.cache = cache if snapshot.cache.enabled else None
+        self._ticket: CacheTicket | None = None
+        #: an answer to store once the last chunk's answer is written: (status, complete, sse, tier)
+        self._store: tuple[int, bool, bool, str] | None = None
         self.phase = Phase.AWAIT_HEADERS
         self.info = _EMPTY_INFO
         self.trace = NO_TRACE
@@ -113,10 +129,12 @@ class RequestProcessor:
     @property
     def pending(self) -> bool:
         """Something to report once the last answer is written (`after_answer`)."""
-        return self._pending is not None
+        return self._pending is not None or self._store is not None
 
     def after_answer(self) -> None:
         """Report what the last answer decided; the transport calls it once the answer is sent."""
+        if self._store is not None:
+            self._store_answer()
         pending = self._pending
         if pending is None:
             return
@@ -193,7 +211,9 @@ class RequestProcessor:
             self._body += chunk
 
     def _spoofed(self) -> list[str]:
-        owned = (headers.TIER, headers.CLASSIFIER, headers.REASON)
+        owned: tuple[str, ...] = (headers.TIER, headers.CLASSIFIER, headers.REASON)
+        if self.cache is not None:
+            owned = (*owned, CACHE_HEADER)
         return [name for name in self._cascade_headers if name not in owned]
 
     def _routed(
@@ -203,14 +223,16 @@ class RequestProcessor:
         seconds: float,
         chat: ChatRequest | None = None,
         body: bytes | None = None,
+        cache: str = "",
     ) -> pb.ProcessingResponse:
         self.phase = Phase.DECIDED
         self.decided = self._facts(decision, seconds, chat)
         if self._pending is None:
             self._pending = self.decided
-        return mutations.routed(
-            kind, decision, body=body, remove=self._spoofed(), extra=self.trace.propagation
-        )
+        extra = self.trace.propagation
+        if cache:
+            extra = (*extra, (CACHE_HEADER, cache))
+        return mutations.routed(kind, decision, body=body, remove=self._spoofed(), extra=extra)
 
     def _facts(self, decision: Decision, seconds: float, chat: ChatRequest | None) -> DecisionInfo:
         if chat is None:
@@ -237,6 +259,13 @@ class RequestProcessor:
                 )
             decision = fallback_decision(snapshot, classifier.version, RULE_UNPARSED)
             return self._routed("request_body", decision, time.perf_counter() - started)
+        cache = ""
+        if self.cache is not None:
+            hit, cache = self._look_up(chat, classifier.version)
+            if hit is not None:  # answered from the cache: no classification, no upstream
+                self.done = self._finished = True
+                self.phase = Phase.DECIDED
+                return hit
         try:
             decision = classify(chat, classifier)
             new_body = self._rewrite_model(chat, decision)
@@ -249,7 +278,23 @@ class RequestProcessor:
             self.observer.classifier_failed(info)
             decision = fallback_decision(snapshot, classifier.version, RULE_ERROR)
             new_body = None
-        return self._routed("request_body", decision, time.perf_counter() - started, chat, new_body)
+        seconds = time.perf_counter() - started
+        return self._routed("request_body", decision, seconds, chat, new_body, cache)
+
+    def _look_up(self, chat: ChatRequest, version: str) -> tuple[pb.ProcessingResponse | None, str]:
+        """The cache's answer (a hit) or None, and the `x-cascade-cache` value; never raises."""
+        cache = self.cache
+        assert cache is not None
+        info = self.info
+        try:
+            hit, self._ticket, status = lookup(
+                cache, self.snapshot.cache, chat, info.headers, version, info.request_id
+            )
+        except Exception:  # a bug in the cache must not cost the request: a counted miss
+            cache.count("lookup_error")
+            logger.exception("cache lookup failed (request %r)", info.request_id)
+            return None, "error"
+        return hit, status
 
     def _rewrite_model(self, chat: ChatRequest, decision: Decision) -> bytes | None:
         if not self.snapshot.server.rewrite_model:
@@ -285,6 +330,8 @@ class RequestProcessor:
         if tracker is not None:
             message = request.response_body
             tracker.on_body(message.body)
+            if self._ticket is not None:
+                self._ticket.feed(message.body, self.snapshot.cache.max_entry_bytes)
             if message.end_of_stream:
                 self._finish(tracker, complete=True)
         return mutations.EMPTY_RESPONSE_BODY
@@ -296,6 +343,29 @@ class RequestProcessor:
         tier = decided.decision.tier if decided is not None else ""
         response = tracker.facts(self.snapshot, tier, complete=complete)
         self.observer.finished(self.info, decided, response, self.trace)
+        if self._ticket is not None:
+            served = response.served_tier or tier
+            self._store = (response.status, complete, tracker.meter.streamed, served)
+
+    def _store_answer(self) -> None:
+        ticket, stored = self._ticket, self._store
+        self._ticket = self._store = None
+        if ticket is None or stored is None or self.cache is None:
+            return
+        status, complete, streamed, tier = stored
+        try:
+            store_answer(
+                self.cache,
+                self.snapshot.cache,
+                ticket,
+                status=status,
+                complete=complete,
+                streamed=streamed,
+                tier=tier,
+            )
+        except Exception:  # a bug must not cost the request: counted, logged, not stored
+            self.cache.count("store_error")
+            logger.exception("cache store failed (request %r)", self.info.request_id)
 
     def _answered_locally(self, status: int) -> None:
         """The server answers the client itself (no upstream): reported as finished."""
@@ -311,6 +381,7 @@ class RequestProcessor:
         tracker = self._response
         if tracker is not None:
             self._finish(tracker, complete=False)
+            self._store_answer()
             return
         self._finished = True
         response = ResponseInfo(served_tier=decided.decision.tier, ended=time.perf_counter())

@@ -24,6 +24,7 @@ from extproc.config.snapshot import Snapshot
 from extproc.core.chat import ChatRequest
 from extproc.core.classify import classify
 from extproc.core.excerpt import retry_excerpt
+from extproc.routing.cache_store import CacheStore
 from extproc.routing.choice import choose_classifier
 from extproc.routing.observer import DecisionInfo, RequestInfo, ResponseInfo
 from extproc.services.auth import Authenticator, RateLimiter
@@ -77,8 +78,10 @@ class CascadeApi:
         *,
         feedback_limit: RateLimiter | None = None,
         classify_limit: RateLimiter | None = None,
+        cache: CacheStore | None = None,
     ) -> None:
         self._snapshot = snapshot
+        self._cache = cache
         self._recorder = recorder
         self._auth = auth
         self._feedback_limit = feedback_limit or RateLimiter(FEEDBACK_RATE, FEEDBACK_BURST)
@@ -175,6 +178,16 @@ class CascadeApi:
                 self._answered.popitem(last=False)
         return pb.SubmitFeedbackResponse(known=result.known, suspicion=_SUSPICION[result.suspicion])
 
+    def invalidate_cache(
+        self, request: pb.InvalidateCacheRequest, metadata: Mapping[str, str]
+    ) -> pb.InvalidateCacheResponse:
+        caller = self._admit("InvalidateCache", metadata, self._feedback_limit)
+        if caller not in self._snapshot().cache.admin_callers:
+            self._recorder.metrics.api_refused.labels("InvalidateCache", "forbidden").inc()
+            raise ApiError(PERMISSION_DENIED, "this caller is not in cache.admin_callers")
+        dropped = self._cache.clear(local=True) if self._cache is not None else 0
+        return pb.InvalidateCacheResponse(dropped=dropped)
+
 
 class GrpcServicer(pb_grpc.CascadeServicer):
     """`CascadeApi` on the grpc.aio server."""
@@ -198,6 +211,17 @@ class GrpcServicer(pb_grpc.CascadeServicer):
     ) -> pb.SubmitFeedbackResponse:
         try:
             return await self._api.submit_feedback(request, _metadata(context))
+        except ApiError as exc:
+            await context.abort(_STATUS[exc.code], exc.message)
+            raise
+
+    async def InvalidateCache(
+        self,
+        request: pb.InvalidateCacheRequest,
+        context: grpc.aio.ServicerContext[object, object],
+    ) -> pb.InvalidateCacheResponse:
+        try:
+            return self._api.invalidate_cache(request, _metadata(context))
         except ApiError as exc:
             await context.abort(_STATUS[exc.code], exc.message)
             raise
@@ -229,7 +253,18 @@ def h2_methods(api: CascadeApi) -> dict[str, Callable[[bytes, dict[str, str]], A
         except ApiError as exc:
             raise GrpcError(exc.code, exc.message) from None
 
-    return {CLASSIFY_PATH: classify, f"/{SERVICE}/SubmitFeedback": submit_feedback}
+    async def invalidate_cache(raw: bytes, metadata: dict[str, str]) -> bytes:
+        request = _parse(pb.InvalidateCacheRequest, raw)
+        try:
+            return bytes(api.invalidate_cache(request, metadata).SerializeToString())
+        except ApiError as exc:
+            raise GrpcError(exc.code, exc.message) from None
+
+    return {
+        CLASSIFY_PATH: classify,
+        f"/{SERVICE}/SubmitFeedback": submit_feedback,
+        f"/{SERVICE}/InvalidateCache": invalidate_cache,
+    }
 
 
 def _parse(kind: type[Message], raw: bytes) -> Message:

@@ -18,6 +18,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from extproc.config.drift import RoutesGuard
 from extproc.config.snapshot import Snapshot
 from extproc.core import headers
+from extproc.routing.cache_store import CacheStore
 from extproc.routing.observer import Observer
 from extproc.routing.processor import RequestProcessor
 from extproc.routing.upstream import UpstreamProcessor
@@ -40,12 +41,12 @@ def metadata_value(
 
 
 def open_processor(
-    snapshot: Snapshot, observer: Observer | None, role: str
+    snapshot: Snapshot, observer: Observer | None, role: str, cache: CacheStore | None = None
 ) -> RequestProcessor | UpstreamProcessor:
     """The processor for a new stream: per-attempt (`upstream` role) or the classifier."""
     if role == headers.ROLE_UPSTREAM:  # per-attempt filter on a cluster
         return UpstreamProcessor(snapshot, observer)
-    return RequestProcessor(snapshot, observer)
+    return RequestProcessor(snapshot, observer, cache)
 
 
 def _after_write(callback: Callable[[], None]) -> None:
@@ -67,6 +68,7 @@ class ExtProcSession:
             owner.snapshot_for(metadata.get(headers.ROUTES_METADATA, "")),
             owner.observer,
             metadata.get(headers.ROLE_METADATA, ""),
+            owner.cache,
         )
         owner.in_flight += 1
 
@@ -98,10 +100,13 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
         self,
         snapshot: Callable[[], Snapshot],
         observer: Observer | None = None,
+        cache: CacheStore | None = None,
         routes: RoutesGuard | None = None,
     ) -> None:
         self.snapshot = snapshot
         self.observer = observer
+        #: the response cache, shared by every stream (used when the config enables it)
+        self.cache = cache
         #: picks the snapshot Envoy can route (extproc/config/drift.py); None: always current
         self.routes = routes
         #: streams currently open (read by shutdown and metrics)
@@ -122,6 +127,7 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
             self.snapshot_for(metadata_value(context, headers.ROUTES_METADATA)),
             self.observer,
             role_of(context),
+            self.cache,
         )
         self.in_flight += 1
         try:

@@ -36,6 +36,8 @@ COUNTERS_AND_GAUGES = {
     "cascade_feedback_total",
     "cascade_routes_in_sync",
     "cascade_routes_mismatch_total",
+    "cascade_cache_lookups_total",
+    "cascade_cache_saved_usd_total",
 }
 HISTOGRAMS = {
     "cascade_classify_duration_seconds",
@@ -258,11 +260,15 @@ def test_dashboard_queries_parse(tmp_path: Path) -> None:
 
 
 def test_exported_names_match_the_server() -> None:
-    from extproc.app import routes_metrics
+    from extproc.app import cache_metrics, routes_metrics
     from extproc.telemetry import metrics
 
-    names = [*vars(metrics).values(), *vars(routes_metrics).values()]
-    defined = {v for v in names if isinstance(v, str) and v.startswith("cascade_")}
+    defined = {
+        v
+        for module in (metrics, cache_metrics, routes_metrics)
+        for v in vars(module).values()
+        if isinstance(v, str) and v.startswith("cascade_")
+    }
     assert defined >= COUNTERS_AND_GAUGES | HISTOGRAMS
 
 

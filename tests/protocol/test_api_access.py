@@ -110,3 +110,17 @@ async def test_forged_feedback_flood_is_cut_and_counts_once(server: CascadeServe
     assert refused(server, "SubmitFeedback", "rate_limited") == codes.count(
         grpc.StatusCode.RESOURCE_EXHAUSTED
     )
+
+
+async def test_only_cache_admins_may_invalidate_the_cache(server: CascadeServer) -> None:
+    """The test caller has a valid token but is not in `cache.admin_callers` (none configured)."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = cascade_pb2_grpc.CascadeStub(channel)
+        request = cascade_pb2.InvalidateCacheRequest()
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.InvalidateCache(request, metadata=API_AUTH)
+        assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.InvalidateCache(request)
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert refused(server, "InvalidateCache", "forbidden") == 1

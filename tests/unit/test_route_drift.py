@@ -151,7 +151,7 @@ def test_a_stream_picks_its_snapshot_by_metadata() -> None:
 
     box = Box(TWO)
     guard = RoutesGuard(lambda: box.snapshot)
-    servicer = ExternalProcessor(lambda: box.snapshot, None, guard)
+    servicer = ExternalProcessor(lambda: box.snapshot, None, routes=guard)
     box.snapshot = THREE
     session = servicer.session({headers.ROUTES_METADATA: routes_fingerprint(TWO)})
     assert session._processor.snapshot is TWO

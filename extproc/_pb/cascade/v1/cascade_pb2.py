@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63\x61scade/v1/cascade.proto\x12\ncascade.v1\"(\n\x07Message\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"Y\n\x0f\x43lassifyRequest\x12%\n\x08messages\x18\x01 \x03(\x0b\x32\x13.cascade.v1.Message\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x12\n\nclassifier\x18\x03 \x01(\t\"\x9b\x01\n\x08\x44\x65\x63ision\x12\x0c\n\x04tier\x18\x01 \x01(\t\x12\x12\n\nclassifier\x18\x02 \x01(\t\x12\x0c\n\x04rule\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x10\n\x08keywords\x18\x05 \x03(\t\x12\r\n\x05\x63hars\x18\x06 \x01(\x03\x12\r\n\x05\x62ytes\x18\x07 \x01(\x03\x12\x10\n\x08messages\x18\x08 \x01(\x05\x12\r\n\x05model\x18\t \x01(\t\"N\n\x10\x43lassifyResponse\x12&\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0b\x32\x14.cascade.v1.Decision\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"K\n\x15SubmitFeedbackRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x05\x12\x0f\n\x07\x63omment\x18\x03 \x01(\t\"Q\n\x16SubmitFeedbackResponse\x12\r\n\x05known\x18\x01 \x01(\x08\x12(\n\tsuspicion\x18\x02 \x01(\x0e\x32\x15.cascade.v1.Suspicion*[\n\tSuspicion\x12\x12\n\x0eSUSPICION_NONE\x10\x00\x12\x1c\n\x18SUSPICION_FALSE_NEGATIVE\x10\x01\x12\x1c\n\x18SUSPICION_FALSE_POSITIVE\x10\x02\x32\xa9\x01\n\x07\x43\x61scade\x12\x45\n\x08\x43lassify\x12\x1b.cascade.v1.ClassifyRequest\x1a\x1c.cascade.v1.ClassifyResponse\x12W\n\x0eSubmitFeedback\x12!.cascade.v1.SubmitFeedbackRequest\x1a\".cascade.v1.SubmitFeedbackResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63\x61scade/v1/cascade.proto\x12\ncascade.v1\"(\n\x07Message\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"Y\n\x0f\x43lassifyRequest\x12%\n\x08messages\x18\x01 \x03(\x0b\x32\x13.cascade.v1.Message\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x12\n\nclassifier\x18\x03 \x01(\t\"\x9b\x01\n\x08\x44\x65\x63ision\x12\x0c\n\x04tier\x18\x01 \x01(\t\x12\x12\n\nclassifier\x18\x02 \x01(\t\x12\x0c\n\x04rule\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x10\n\x08keywords\x18\x05 \x03(\t\x12\r\n\x05\x63hars\x18\x06 \x01(\x03\x12\r\n\x05\x62ytes\x18\x07 \x01(\x03\x12\x10\n\x08messages\x18\x08 \x01(\x05\x12\r\n\x05model\x18\t \x01(\t\"N\n\x10\x43lassifyResponse\x12&\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0b\x32\x14.cascade.v1.Decision\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"K\n\x15SubmitFeedbackRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x05\x12\x0f\n\x07\x63omment\x18\x03 \x01(\t\"Q\n\x16SubmitFeedbackResponse\x12\r\n\x05known\x18\x01 \x01(\x08\x12(\n\tsuspicion\x18\x02 \x01(\x0e\x32\x15.cascade.v1.Suspicion\"\x18\n\x16InvalidateCacheRequest\"*\n\x17InvalidateCacheResponse\x12\x0f\n\x07\x64ropped\x18\x01 \x01(\x03*[\n\tSuspicion\x12\x12\n\x0eSUSPICION_NONE\x10\x00\x12\x1c\n\x18SUSPICION_FALSE_NEGATIVE\x10\x01\x12\x1c\n\x18SUSPICION_FALSE_POSITIVE\x10\x02\x32\x85\x02\n\x07\x43\x61scade\x12\x45\n\x08\x43lassify\x12\x1b.cascade.v1.ClassifyRequest\x1a\x1c.cascade.v1.ClassifyResponse\x12W\n\x0eSubmitFeedback\x12!.cascade.v1.SubmitFeedbackRequest\x1a\".cascade.v1.SubmitFeedbackResponse\x12Z\n\x0fInvalidateCache\x12\".cascade.v1.InvalidateCacheRequest\x1a#.cascade.v1.InvalidateCacheResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cascade.v1.cascade_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SUSPICION']._serialized_start=571
-  _globals['_SUSPICION']._serialized_end=662
+  _globals['_SUSPICION']._serialized_start=641
+  _globals['_SUSPICION']._serialized_end=732
   _globals['_MESSAGE']._serialized_start=40
   _globals['_MESSAGE']._serialized_end=80
   _globals['_CLASSIFYREQUEST']._serialized_start=82
@@ -45,6 +45,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SUBMITFEEDBACKREQUEST']._serialized_end=486
   _globals['_SUBMITFEEDBACKRESPONSE']._serialized_start=488
   _globals['_SUBMITFEEDBACKRESPONSE']._serialized_end=569
-  _globals['_CASCADE']._serialized_start=665
-  _globals['_CASCADE']._serialized_end=834
+  _globals['_INVALIDATECACHEREQUEST']._serialized_start=571
+  _globals['_INVALIDATECACHEREQUEST']._serialized_end=595
+  _globals['_INVALIDATECACHERESPONSE']._serialized_start=597
+  _globals['_INVALIDATECACHERESPONSE']._serialized_end=639
+  _globals['_CASCADE']._serialized_start=735
+  _globals['_CASCADE']._serialized_end=996
 # @@protoc_insertion_point(module_scope)

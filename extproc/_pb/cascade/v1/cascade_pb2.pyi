@@ -81,3 +81,13 @@ class SubmitFeedbackResponse(_message.Message):
     known: bool
     suspicion: Suspicion
     def __init__(self, known: _Optional[bool] = ..., suspicion: _Optional[_Union[Suspicion, str]] = ...) -> None: ...
+
+class InvalidateCacheRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class InvalidateCacheResponse(_message.Message):
+    __slots__ = ("dropped",)
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    dropped: int
+    def __init__(self, dropped: _Optional[int] = ...) -> None: ...

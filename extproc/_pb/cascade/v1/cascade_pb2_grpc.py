@@ -44,6 +44,11 @@ class CascadeStub:
                 request_serializer=cascade_dot_v1_dot_cascade__pb2.SubmitFeedbackRequest.SerializeToString,
                 response_deserializer=cascade_dot_v1_dot_cascade__pb2.SubmitFeedbackResponse.FromString,
                 _registered_method=True)
+        self.InvalidateCache = channel.unary_unary(
+                '/cascade.v1.Cascade/InvalidateCache',
+                request_serializer=cascade_dot_v1_dot_cascade__pb2.InvalidateCacheRequest.SerializeToString,
+                response_deserializer=cascade_dot_v1_dot_cascade__pb2.InvalidateCacheResponse.FromString,
+                _registered_method=True)
 
 
 class CascadeServicer:
@@ -61,6 +66,14 @@ class CascadeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def InvalidateCache(self, request, context):
+        """Drop every response-cache entry (this replica, and every replica sharing its Redis).
+        Only callers named in the config's `cache.admin_callers` may call it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CascadeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -73,6 +86,11 @@ def add_CascadeServicer_to_server(servicer, server):
                     servicer.SubmitFeedback,
                     request_deserializer=cascade_dot_v1_dot_cascade__pb2.SubmitFeedbackRequest.FromString,
                     response_serializer=cascade_dot_v1_dot_cascade__pb2.SubmitFeedbackResponse.SerializeToString,
+            ),
+            'InvalidateCache': grpc.unary_unary_rpc_method_handler(
+                    servicer.InvalidateCache,
+                    request_deserializer=cascade_dot_v1_dot_cascade__pb2.InvalidateCacheRequest.FromString,
+                    response_serializer=cascade_dot_v1_dot_cascade__pb2.InvalidateCacheResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -129,6 +147,33 @@ class Cascade:
             '/cascade.v1.Cascade/SubmitFeedback',
             cascade_dot_v1_dot_cascade__pb2.SubmitFeedbackRequest.SerializeToString,
             cascade_dot_v1_dot_cascade__pb2.SubmitFeedbackResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InvalidateCache(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cascade.v1.Cascade/InvalidateCache',
+            cascade_dot_v1_dot_cascade__pb2.InvalidateCacheRequest.SerializeToString,
+            cascade_dot_v1_dot_cascade__pb2.InvalidateCacheResponse.FromString,
             options,
             channel_credentials,
             insecure,
