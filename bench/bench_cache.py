@@ -156,7 +156,9 @@ def hit_rate(
 def quality(path: Path, seed: int) -> None:
     texts = questions(path)
     rng = random.Random(seed)
-    bad = [pair for text in texts for pair in must_not_hit(text)]
+    # a variant that is itself one of the questions is a real repeat, not a near-duplicate
+    known = set(texts)
+    bad = [pair for text in texts for pair in must_not_hit(text) if pair[1] not in known]
     good = [pair for text in texts for pair in paraphrases(text, rng)]
     print(
         f"\n{path.name}: {len(texts)} questions, {len(bad)} must-not-hit, {len(good)} paraphrases"
