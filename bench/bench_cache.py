@@ -7,7 +7,7 @@ each file on its own (nothing here is tuned; the threshold is the shipped defaul
   right answer: a number (+1), a number word (three -> four), a negation inserted, two options
   swapped, a superlative flipped (largest -> smallest). Any hit is a false hit.
 - paraphrase set: every question asked again reworded by rules that keep its meaning (spacing
-  and case, a polite wrapper, synonyms). Hits wanted.
+  and case, a polite wrapper, two premises in the other order, synonyms). Hits wanted.
 
 Cost: the lookup of a miss (exact key; exact + semantic) with 10,000 stored entries, all in one
 semantic bucket (single-turn questions with the same parameters: the worst case).
@@ -114,6 +114,11 @@ def paraphrases(text: str, rng: random.Random) -> Iterator[tuple[str, str]]:
         "polite wrapper",
         rng.choice(("Please answer: ", "Quick question. ", "Help me with this: ")) + text,
     )
+    stem, newline, options = text.partition("\n")  # options (MMLU) stay as they are
+    sentences = re.split(r"(?<=[.!?]) (?=[A-Z])", stem)
+    if len(sentences) >= 3:  # two premises swapped, the question stays last
+        reordered = " ".join([sentences[1], sentences[0], *sentences[2:]])
+        yield "sentence order", reordered + newline + options
     words = text.split(" ")
     swapped = [SYNONYMS.get(word, word) for word in words]
     if swapped != words:
