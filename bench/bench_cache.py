@@ -7,7 +7,7 @@ each file on its own (nothing here is tuned; the threshold is the shipped defaul
   right answer: a number (+1), a number word (three -> four), a negation inserted, two options
   swapped, a superlative flipped (largest -> smallest). Any hit is a false hit.
 - paraphrase set: every question asked again reworded by rules that keep its meaning (spacing
-  and case, a polite wrapper, synonyms). Hits wanted.
+  and case, a polite wrapper, two premises in the other order, synonyms). Hits wanted.
 
 Cost: the lookup of a miss (exact key; exact + semantic) with 10,000 stored entries, all in one
 semantic bucket (single-turn questions with the same parameters: the worst case).
@@ -31,7 +31,6 @@ from pathlib import Path
 
 from extproc.config.snapshot import DEFAULT_CONFIG, compile_config
 from extproc.core.chat import ChatRequest, chat_from_document
-from extproc.core.cached_answer import Answer
 from extproc.routing.cache import lookup, store_answer
 from extproc.routing.cache_store import CacheStore
 
@@ -52,16 +51,50 @@ ANSWER = json.dumps(
     }
 ).encode()
 
-NUMBER_WORDS = {"two": "three", "three": "four", "four": "five", "five": "six", "six": "seven",
-                "seven": "eight", "eight": "nine", "nine": "ten", "ten": "eleven", "twice": "three times",
-                "half": "a third"}  # fmt: skip
-SUPERLATIVES = {"largest": "smallest", "smallest": "largest", "most": "least", "least": "most",
-                "maximum": "minimum", "minimum": "maximum", "highest": "lowest", "lowest": "highest",
-                "best": "worst", "true": "false", "false": "true"}  # fmt: skip
-SYNONYMS = {"calculate": "compute", "determine": "find", "purchase": "buy", "buys": "purchases",
-            "total": "overall", "gets": "receives", "quickly": "fast", "begins": "starts",
-            "store": "shop", "large": "big", "small": "little", "following": "below",
-            "statement": "claim", "approximately": "about", "each": "every", "daily": "every day"}  # fmt: skip
+NUMBER_WORDS = {
+    "two": "three",
+    "three": "four",
+    "four": "five",
+    "five": "six",
+    "six": "seven",
+    "seven": "eight",
+    "eight": "nine",
+    "nine": "ten",
+    "ten": "eleven",
+    "twice": "three times",
+    "half": "a third",
+}
+SUPERLATIVES = {
+    "largest": "smallest",
+    "smallest": "largest",
+    "most": "least",
+    "least": "most",
+    "maximum": "minimum",
+    "minimum": "maximum",
+    "highest": "lowest",
+    "lowest": "highest",
+    "best": "worst",
+    "true": "false",
+    "false": "true",
+}
+SYNONYMS = {
+    "calculate": "compute",
+    "determine": "find",
+    "purchase": "buy",
+    "buys": "purchases",
+    "total": "overall",
+    "gets": "receives",
+    "quickly": "fast",
+    "begins": "starts",
+    "store": "shop",
+    "large": "big",
+    "small": "little",
+    "following": "below",
+    "statement": "claim",
+    "approximately": "about",
+    "each": "every",
+    "daily": "every day",
+}
 AUXILIARIES = re.compile(r"\b(is|are|was|were|does|do|did|can|will|should|would|has|have)\b")
 
 
@@ -114,6 +147,11 @@ def paraphrases(text: str, rng: random.Random) -> Iterator[tuple[str, str]]:
         "polite wrapper",
         rng.choice(("Please answer: ", "Quick question. ", "Help me with this: ")) + text,
     )
+    stem, newline, options = text.partition("\n")  # options (MMLU) stay as they are
+    sentences = re.split(r"(?<=[.!?]) (?=[A-Z])", stem)
+    if len(sentences) >= 3:  # two premises swapped, the question stays last
+        reordered = " ".join([sentences[1], sentences[0], *sentences[2:]])
+        yield "sentence order", reordered + newline + options
     words = text.split(" ")
     swapped = [SYNONYMS.get(word, word) for word in words]
     if swapped != words:
@@ -146,7 +184,7 @@ def hit_rate(
 ) -> dict[str, list[int]]:
     by_kind: dict[str, list[int]] = {}
     for kind, text in variants:
-        answer, _, status = lookup(store, settings, chat(text), USER, "v7", "r")  # type: ignore[arg-type]
+        _, _, status = lookup(store, settings, chat(text), USER, "v7", "r")  # type: ignore[arg-type]
         counts = by_kind.setdefault(kind, [0, 0])
         counts[0] += status == "hit"
         counts[1] += 1
@@ -156,7 +194,9 @@ def hit_rate(
 def quality(path: Path, seed: int) -> None:
     texts = questions(path)
     rng = random.Random(seed)
-    bad = [pair for text in texts for pair in must_not_hit(text)]
+    # a variant that is itself one of the questions is a real repeat, not a near-duplicate
+    known = set(texts)
+    bad = [pair for text in texts for pair in must_not_hit(text) if pair[1] not in known]
     good = [pair for text in texts for pair in paraphrases(text, rng)]
     print(
         f"\n{path.name}: {len(texts)} questions, {len(bad)} must-not-hit, {len(good)} paraphrases"
@@ -194,12 +234,13 @@ def distinct_questions(texts: list[str], count: int, seed: int) -> list[str]:
 
 def costs(path: Path, seed: int) -> None:
     pool = distinct_questions(questions(path), 10_000, seed)
-    print(
-        "\nlookup cost of a miss, 10,000 entries in one bucket (CPU time, median of 7 x 300 lookups)"
-    )
+    print("\nlookup cost of a miss, 10,000 entries in one bucket")
+    print("(CPU time of the lookup, median of 7 x 300 lookups)")
     sample = questions(path)[0]
     probes = {
-        "78-char question": "An entirely new question about something that was never asked before at all?",
+        "78-char question": (
+            "An entirely new question about something that was never asked before at all?"
+        ),
         f"{len(sample)}-char data question": sample,
         "4 KB question": (sample + " ") * (4096 // (len(sample) + 1)),
     }

@@ -30,7 +30,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_gateway import (  # noqa: E402
+from bench_gateway import (
     BIN,
     cpu_seconds,
     envoy_config,
@@ -40,7 +40,7 @@ from bench_gateway import (  # noqa: E402
     wrk,
 )
 
-from extproc.config.snapshot import DEFAULT_CONFIG, load_snapshot  # noqa: E402
+from extproc.config.snapshot import DEFAULT_CONFIG, load_snapshot
 
 ANSWER = json.dumps(
     {

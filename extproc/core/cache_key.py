@@ -130,6 +130,8 @@ _TOKEN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:(?:\.|::|->)[A-Za-z_][A-Za-z0-9_]
 _OPTION = re.compile(r"^\s*(?:\(?[A-Za-z0-9]{1,2}[.):]|[-*•])\s+\S.*$", re.MULTILINE)
 #: words for the word lists: punctuation and compound separators (`two-thirds`, `and/or`)
 #: become spaces, apostrophes vanish (`isn't` -> `isnt`)
+#: `two's complement` counts the word `two`
+_POSSESSIVE = re.compile(r"'s\b")
 _WORD_BREAK = re.compile(r"[\"`.,;:!?()\[\]{}<>«»“”「」『』、。，！？：；（）\-‐‑–—…*_~#/\\|=+\s]+")
 
 _NUMBER_WORDS = frozenset(
@@ -186,7 +188,7 @@ def facts(text: str) -> str:
         and token.strip("_")
     )
     options = [_normal(line) for line in _OPTION.findall(prose)] if "\n" in prose else []
-    folded = prose.casefold().replace("\u2019", "'").replace("\u2018", "'")
+    folded = _POSSESSIVE.sub("", prose.casefold().replace("\u2019", "'").replace("\u2018", "'"))
     words = Counter(_WORD_BREAK.sub(" ", folded).replace("'", "").split())
     number_words = _listed(words, _NUMBER_WORDS)
     negations = _listed(words, _NEGATIONS)

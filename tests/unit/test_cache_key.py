@@ -140,6 +140,9 @@ def test_no_bucket_unless_the_last_message_is_user_text() -> None:
         ("这个函数有错误吗", "这个函数没有错误吗"),
         ("사과가 세 개 있다", "사과가 세 개 없다"),
         ("三个苹果", "五个苹果"),
+        ("in two's complement", "in three's complement"),
+        ("two-thirds of the class", "three-thirds of the class"),
+        ("the best-selling book", "the worst-selling book"),
     ],
 )
 def test_facts_tell_near_duplicates_apart(left: str, right: str) -> None:
