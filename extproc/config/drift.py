@@ -131,6 +131,13 @@ class RoutesGuard:
             self._fingerprinted()
 
     def snapshot_for(self, envoy: str) -> Snapshot:
+        current = self._current()
+        last, fingerprint = self._last
+        if current is last and (not envoy or (envoy == fingerprint == self.envoy)):
+            return current  # the common case: nothing reloaded, Envoy in sync (or silent)
+        return self._choose(envoy)
+
+    def _choose(self, envoy: str) -> Snapshot:
         snapshot, fingerprint = self._fingerprinted()
         if not envoy:
             return snapshot
