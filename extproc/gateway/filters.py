@@ -54,7 +54,7 @@ def ext_proc_filter(snapshot: Snapshot) -> dict[str, Any]:
     }
 
 
-def forwarded_headers(snapshot: Snapshot) -> dict[str, Any]:
+def forwarded_headers(snapshot: Snapshot, *extra: str) -> dict[str, Any]:
     """Send the classifier only the request headers it reads.
 
     Less to encode, send and decode on every request, and credentials (`authorization`,
@@ -68,6 +68,7 @@ def forwarded_headers(snapshot: Snapshot) -> dict[str, Any]:
         "traceparent",
         "tracestate",
         *snapshot.telemetry.user_key_headers,
+        *extra,
     ]
     if snapshot.canary is not None:
         names.append(snapshot.canary.key_header)
@@ -147,6 +148,9 @@ def upstream_ext_proc_filter(snapshot: Snapshot, *, rewrite: bool) -> dict[str, 
                 "response_trailer_mode": "SKIP",
             },
             "request_attributes": ["xds.upstream_host_metadata", "upstream.address"],
+            # As on the listener: no credentials to the classifier (its upstream role also
+            # reads content-length, the one header a rewrite of an earlier attempt changed).
+            "forward_rules": forwarded_headers(snapshot, headers.CONTENT_LENGTH),
             "mutation_rules": {
                 "disallow_all": True,
                 "allow_expression": {"regex": "^(x-cascade-.*|content-length)$"},

@@ -222,3 +222,21 @@ def test_configs_without_url_backends_render_as_before() -> None:
     assert "bootstrap_extensions" not in data
     assert "secrets" not in data["static_resources"]
     assert len(data["static_resources"]["listeners"]) == 1
+
+
+def test_no_ext_proc_filter_sends_the_classifier_credentials() -> None:
+    """The listener's filter and the per-attempt (upstream) one both forward an allow-list:
+    neither `authorization` nor a provider key header reaches the classifier."""
+    data = _rendered()
+    hcm = data["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+    listener_rules = hcm["typed_config"]["http_filters"][0]["typed_config"]["forward_rules"]
+    clusters = {c["name"]: c for c in data["static_resources"]["clusters"]}
+    (options,) = clusters["tier_strong_fallback"]["typed_extension_protocol_options"].values()
+    upstream = options["http_filters"][0]["typed_config"]
+    upstream_rules = upstream["forward_rules"]
+    for rules in (listener_rules, upstream_rules):
+        exact = {p["exact"] for p in rules["allowed_headers"]["patterns"] if "exact" in p}
+        assert "authorization" not in exact and "x-api-key" not in exact
+        assert {":path", "x-request-id"} <= exact
+    upstream_exact = {p.get("exact") for p in upstream_rules["allowed_headers"]["patterns"]}
+    assert "content-length" in upstream_exact
