@@ -9,6 +9,7 @@ with openssl for the test; they check the model name (404 otherwise, like vLLM's
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +19,7 @@ import pytest
 import yaml
 from cascade_dev.mock_backend import MockBackend, MockBackendThread, RecordedRequest
 
-from tests.e2e.harness import Gateway
+from tests.e2e.harness import Gateway, stream_events
 from tests.e2e.tls_backends import Pki, make_pki
 
 CLIENT_KEY = "client-secret-do-not-forward"
@@ -26,6 +27,7 @@ A_KEY = "Bearer provider-a-key"
 B_KEY = "provider-b-key"
 B_ENV = "CASCADE_TEST_PROVIDER_B_KEY"
 STRONG = "please refactor this module"  # the v7 keyword rule: strong
+STREAM_DELAY_MS = 150  # between a provider's SSE events
 
 
 class Providers:
@@ -37,7 +39,7 @@ class Providers:
             MockBackend(
                 "provider-a",
                 ["gpt-x"],
-                stream_delay_ms=0,
+                stream_delay_ms=STREAM_DELAY_MS,
                 strict_models=True,
                 tls=self.pki.server_context(),
                 path_prefix="/openai",
@@ -47,7 +49,7 @@ class Providers:
             MockBackend(
                 "provider-b",
                 ["gpt-y"],
-                stream_delay_ms=0,
+                stream_delay_ms=STREAM_DELAY_MS,
                 strict_models=True,
                 tls=self.pki.server_context(require_client_cert=True),
             )
@@ -206,6 +208,35 @@ def test_weak_prompts_never_reach_a_provider(hosted: Gateway, providers: Provide
     assert providers.a.requests == [] and providers.b.requests == []
 
 
+def test_a_stream_from_a_provider_arrives_as_it_is_generated(
+    hosted: Gateway, providers: Providers
+) -> None:
+    """The per-backend listener passes SSE through without buffering it."""
+    providers.reset()
+    body = json.dumps(
+        {"model": "gpt-4o", "stream": True, "messages": [{"role": "user", "content": STRONG}]}
+    ).encode()
+    events = list(stream_events(hosted.port, body))
+    text = b"".join(chunk for _, chunk in events)
+    assert text.rstrip().endswith(b"data: [DONE]")
+    # the first event reached the client well before the last was generated (4 content
+    # events plus the role and finish events, STREAM_DELAY_MS apart)
+    assert events[-1][0] - events[0][0] >= 3 * STREAM_DELAY_MS / 1000
+    [record] = providers.a.requests + providers.b.requests
+    assert record.stream and record.model in ("gpt-x", "gpt-y")
+
+
+def test_a_large_body_passes_the_listener_whole(hosted: Gateway, providers: Providers) -> None:
+    """3 MB (over Envoy's 1 MiB default buffer) reach the provider, rewritten, complete."""
+    providers.reset()
+    reply = _ask(hosted, "x" * (3 * 1024 * 1024))  # the length rule: strong
+    assert reply.status == 200, reply.body[:300]
+    [record] = providers.a.requests + providers.b.requests
+    assert record.body_length == record.content_length
+    assert record.body_length > 3 * 1024 * 1024
+    assert record.model in ("gpt-x", "gpt-y")
+
+
 def test_the_rendered_config_holds_no_credential(hosted: Gateway) -> None:
     rendered = (hosted.workdir / "envoy.yaml").read_text()
     assert B_KEY not in rendered and "provider-a-key" not in rendered
@@ -230,3 +261,26 @@ def test_a_certificate_from_an_untrusted_ca_is_refused(
         assert providers.a.requests == [] and providers.b.requests == []
     finally:
         gateway.close()
+
+
+def test_an_unreachable_provider_is_retried_on_the_other_then_on_weak(
+    hosted: Gateway, providers: Providers
+) -> None:
+    """Last in this module: the refused connections count toward outlier ejection."""
+    providers.reset()
+    providers.a.stop_backend()  # port closed: the listener's connect fails, Envoy answers 503
+    try:
+        for _ in range(2):
+            reply = _ask(hosted)
+            assert reply.status == 200, reply.body
+            assert reply.headers["x-mock-backend"] == "provider-b"
+        providers.b.stop_backend()
+        try:
+            reply = _ask(hosted)
+            assert reply.status == 200, reply.body
+            assert reply.headers["x-mock-backend"] == "weak"
+            assert hosted.backends["weak"].requests[-1].model == "qwen3-4b"
+        finally:
+            providers.b.start_backend()
+    finally:
+        providers.a.start_backend()
