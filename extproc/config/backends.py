@@ -116,6 +116,8 @@ def _split_url(check: Checker, address: str, path: str) -> tuple[str, HostPort, 
         raise check.fail(path, "no credentials in the URL; use `credential` (a file or env)")
     if parts.query or parts.fragment:
         raise check.fail(path, "a backend URL takes no query or fragment")
+    if port == 0:
+        raise check.fail(path, f"port 0 in {address!r}")
     host = parts.hostname or ""
     if not host:
         raise check.fail(path, f"no host in {address!r}")

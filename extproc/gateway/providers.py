@@ -209,7 +209,7 @@ def clusters(snapshot: Snapshot) -> list[dict[str, Any]]:
         name = provider_cluster(tier, index)
         cluster: dict[str, Any] = {
             "name": name,
-            "type": "STATIC" if is_ip(backend.address) else "LOGICAL_DNS",
+            "type": _cluster_type(backend),
             "connect_timeout": duration(snapshot.envoy.connect_timeout_ms),
             "dns_lookup_family": "V4_PREFERRED",
             "load_assignment": {
@@ -236,6 +236,15 @@ def clusters(snapshot: Snapshot) -> list[dict[str, Any]]:
             cluster["transport_socket"] = _tls_socket(snapshot, backend)
         result.append(cluster)
     return result
+
+
+def _cluster_type(backend: Backend) -> str:
+    """An IP: STATIC. A hosted API's name: LOGICAL_DNS (one connection target at a time, as
+    for any large DNS pool). A plain backend beside it: STRICT_DNS, every address the name
+    resolves to (a headless Service's pods), as it would be without the listener."""
+    if is_ip(backend.address):
+        return "STATIC"
+    return "LOGICAL_DNS" if backend.needs_listener else "STRICT_DNS"
 
 
 def _tls_socket(snapshot: Snapshot, backend: Backend) -> dict[str, Any]:

@@ -75,6 +75,8 @@ def test_credentials_name_a_file_or_a_variable() -> None:
         ('[{address: "https://user:pw@a.example/v1"}]', "address", "no credentials in the URL"),
         ('[{address: "https://a.example/v1?key=1"}]', "address", "no query"),
         ('[{address: "https://:443/v1"}]', "address", "no host"),
+        ('[{address: "https://a.example:0/v1"}]', "address", "port 0"),
+        ('[{address: "https://a.example:99999/v1"}]', "address", "not a valid URL"),
         ('[{address: "10.0.0.5:8000", tls: {}}]', "tls", "https://"),
         ('[{address: "http://10.0.0.5:8000", tls: {}}]', "tls", "https://"),
         (
@@ -136,6 +138,7 @@ HOSTED = """[
    credential: {file: /run/secrets/two, header: x-api-key},
    tls: {ca_file: /etc/two-ca.pem, cert_file: /etc/c.pem, key_file: /etc/c.key}},
   {address: "10.0.0.9:8000"},
+  {address: "llm-weak.models.svc:8000"},
 ]"""
 
 
@@ -152,11 +155,11 @@ def test_url_backends_render_as_internal_listeners_of_the_tier_cluster() -> None
     assert tier["type"] == "STATIC"
     endpoints = tier["load_assignment"]["endpoints"][0]["lb_endpoints"]
     assert [e["endpoint"]["address"]["envoy_internal_address"] for e in endpoints] == [
-        {"server_listener_name": f"backend_strong_{i}"} for i in range(3)
+        {"server_listener_name": f"backend_strong_{i}"} for i in range(4)
     ]
-    assert [e["load_balancing_weight"] for e in endpoints] == [70, 30, 100]
+    assert [e["load_balancing_weight"] for e in endpoints] == [70, 30, 100, 100]
     models = [e["metadata"]["filter_metadata"]["cascade"]["model"] for e in endpoints]
-    assert models == ["big", "two-big", "big"]
+    assert models == ["big", "two-big", "big", "big"]
     assert clusters["tier_weak"]["type"] == "STRICT_DNS"  # plain tiers as before
     assert data["bootstrap_extensions"][0]["name"] == "envoy.bootstrap.internal_listener"
     one = clusters["provider_strong_0"]
@@ -177,6 +180,7 @@ def test_url_backends_render_as_internal_listeners_of_the_tier_cluster() -> None
     }
     plain = clusters["provider_strong_2"]
     assert plain["type"] == "STATIC" and "transport_socket" not in plain
+    assert clusters["provider_strong_3"]["type"] == "STRICT_DNS"  # a Service name, as before
 
 
 def _listener(data: dict[str, Any], name: str) -> dict[str, Any]:
