@@ -244,3 +244,27 @@ def test_no_ext_proc_filter_sends_the_classifier_credentials() -> None:
         assert {":path", "x-request-id"} <= exact
     upstream_exact = {p.get("exact") for p in upstream_rules["allowed_headers"]["patterns"]}
     assert "content-length" in upstream_exact
+
+
+def test_a_backend_canary_group_of_url_backends_shares_their_listeners() -> None:
+    text = CONFIG.format(
+        backends="""[
+          {address: "https://a.example/v1", name: stable, weight: 90},
+          {address: "https://b.example/v1", name: canary, weight: 10, model: big-next},
+        ]"""
+    )
+    snapshot = compile_config(text)
+    typed_bootstrap(snapshot)
+    clusters = {c["name"]: c for c in bootstrap(snapshot)["static_resources"]["clusters"]}
+
+    def listeners(name: str) -> list[str]:
+        endpoints = clusters[name]["load_assignment"]["endpoints"][0]["lb_endpoints"]
+        return [
+            e["endpoint"]["address"]["envoy_internal_address"]["server_listener_name"]
+            for e in endpoints
+        ]
+
+    assert listeners("tier_strong") == ["backend_strong_0", "backend_strong_1"]
+    assert listeners("tier_strong_stable") == ["backend_strong_0"]
+    assert listeners("tier_strong_canary") == ["backend_strong_1"]
+    assert clusters["tier_strong_canary"]["type"] == "STATIC"
