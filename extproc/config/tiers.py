@@ -78,17 +78,7 @@ class Tier:
         return tuple((name, tuple(members)) for name, members in groups.items())
 
 
-_TIER_KEYS = {
-    "name",
-    "model",
-    "price",
-    "backends",
-    "fallback",
-    "mirror",
-    "sticky_header",
-    "timeout_s",
-    "per_try_timeout_s",
-}
+_TIER_KEYS = {"name", "model", "price", "backends", "fallback", "mirror", "sticky_header"}
 
 
 def compile_tiers(check: Checker, value: object) -> tuple[Tier, ...]:
@@ -170,6 +160,9 @@ def _check_fallback_cycles(check: Checker, tiers: list[Tier]) -> None:
                 )
             seen.append(current)
             current = by_name[current].fallback
+
+
+_TIER_KEYS.update({"timeout_s", "per_try_timeout_s"})  # the tier's own route timeouts
 
 
 def _timeouts(check: Checker, spec: dict[str, Any], path: str) -> tuple[int, int]:

@@ -148,14 +148,14 @@ def upstream_ext_proc_filter(snapshot: Snapshot, *, rewrite: bool) -> dict[str, 
                 "response_trailer_mode": "SKIP",
             },
             "request_attributes": ["xds.upstream_host_metadata", "upstream.address"],
-            # As on the listener: no credentials to the classifier (its upstream role also
-            # reads content-length, the one header a rewrite of an earlier attempt changed).
-            "forward_rules": forwarded_headers(snapshot, headers.CONTENT_LENGTH),
             "mutation_rules": {
                 "disallow_all": True,
                 "allow_expression": {"regex": "^(x-cascade-.*|content-length)$"},
             },
             "stat_prefix": "cascade_upstream",
+            # As on the listener: no credentials to the classifier (its upstream role also
+            # reads content-length, the one header a rewrite of an earlier attempt changed).
+            "forward_rules": forwarded_headers(snapshot, headers.CONTENT_LENGTH),
         },
     }
 

@@ -113,10 +113,8 @@ def route_action(snapshot: Snapshot, tier: Tier, *, mirror: bool = True) -> dict
             split["use_hash_policy"] = True
             action["hash_policy"] = [{"header": {"header_name": tier.sticky_header}}]
         action["weighted_clusters"] = split
-    action["timeout"] = f"{tier.timeout_s or snapshot.envoy.route_timeout_s}s"
+    action["timeout"] = f"{snapshot.envoy.route_timeout_s}s"
     action["retry_policy"] = retry_policy(snapshot, fallback=tier.fallback is not None)
-    if tier.per_try_timeout_s:  # the tier's own limit (a slow hosted model, a fast local one)
-        action["retry_policy"]["per_try_timeout"] = f"{tier.per_try_timeout_s}s"
     if mirror and tier.mirror is not None and tier.mirror.percent > 0:
         target = snapshot.tier(tier.mirror.tier)
         action["request_mirror_policies"] = [
@@ -139,6 +137,11 @@ def route_action(snapshot: Snapshot, tier: Tier, *, mirror: bool = True) -> dict
                 ],
             }
         ]
+    # The tier's own limits (a slow hosted model, a fast local one).
+    if tier.timeout_s:
+        action["timeout"] = f"{tier.timeout_s}s"
+    if tier.per_try_timeout_s:
+        action["retry_policy"]["per_try_timeout"] = f"{tier.per_try_timeout_s}s"
     return action
 
 

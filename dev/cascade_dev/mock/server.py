@@ -58,10 +58,10 @@ class MockBackend:
         stream_delay_ms: int = 50,
         stream_chunks: int = 4,
         strict_models: bool = False,
-        max_body_bytes: int = 32 * 1024 * 1024,
-        max_recorded: int = 10_000,
         tls: ssl.SSLContext | None = None,
         path_prefix: str = "",
+        max_body_bytes: int = 32 * 1024 * 1024,
+        max_recorded: int = 10_000,
     ) -> None:
         """`tls`: serve HTTPS with this server context (its `sni_callback` is replaced to record
         the SNI of each connection); `path_prefix`: the API lives under it, like a hosted
