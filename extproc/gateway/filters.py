@@ -139,6 +139,9 @@ def upstream_ext_proc_filter(snapshot: Snapshot, *, rewrite: bool) -> dict[str, 
             # Unreachable server: the attempt goes out unchanged rather than failing.
             "failure_mode_allow": True,
             "message_timeout": duration(settings.message_timeout_ms),
+            # As on the listener: no credentials to the classifier (its upstream role also
+            # reads content-length, the one header a rewrite of an earlier attempt changed).
+            "forward_rules": forwarded_headers(snapshot, headers.CONTENT_LENGTH),
             "processing_mode": {
                 "request_header_mode": "SEND",
                 "request_body_mode": "BUFFERED" if rewrite else "NONE",
@@ -153,9 +156,6 @@ def upstream_ext_proc_filter(snapshot: Snapshot, *, rewrite: bool) -> dict[str, 
                 "allow_expression": {"regex": "^(x-cascade-.*|content-length)$"},
             },
             "stat_prefix": "cascade_upstream",
-            # As on the listener: no credentials to the classifier (its upstream role also
-            # reads content-length, the one header a rewrite of an earlier attempt changed).
-            "forward_rules": forwarded_headers(snapshot, headers.CONTENT_LENGTH),
         },
     }
 
