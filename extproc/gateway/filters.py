@@ -139,9 +139,10 @@ def upstream_ext_proc_filter(snapshot: Snapshot, *, rewrite: bool) -> dict[str, 
             # Unreachable server: the attempt goes out unchanged rather than failing.
             "failure_mode_allow": True,
             "message_timeout": duration(settings.message_timeout_ms),
-            # As on the listener: no credentials to the classifier (its upstream role also
-            # reads content-length, the one header a rewrite of an earlier attempt changed).
-            "forward_rules": forwarded_headers(snapshot, headers.CONTENT_LENGTH),
+            # As on the listener: no credentials to the classifier. Its upstream role also
+            # reads content-length (a rewrite of an earlier attempt changed it) and, where it
+            # looks at answers, the response's :status (the rules apply to both directions).
+            "forward_rules": forwarded_headers(snapshot, headers.CONTENT_LENGTH, headers.STATUS),
             "processing_mode": {
                 "request_header_mode": "SEND",
                 "request_body_mode": "BUFFERED" if rewrite else "NONE",
