@@ -12,9 +12,9 @@
 
 `credential` names where Envoy reads the header value sent to this backend (a file, e.g. a
 mounted Kubernetes Secret, or an environment variable): the rendered config holds the file
-name or the variable's name, never the key. It replaces the client's `Authorization` (and, for
-another header such as `x-api-key`, the client's `Authorization` is removed), so a client's key
-never reaches a provider that has its own. The value is the header's whole value, e.g.
+name or the variable's name, never the key. It replaces what the client sent in that header,
+and the client's other credential headers are removed (extproc/gateway/providers.py), so a
+client's key never reaches a provider that has its own. The value is the header's whole value, e.g.
 `Bearer sk-...` for `authorization` (Envoy's generic credential injector sends it as is).
 """
 

@@ -12,7 +12,7 @@ provider (cluster `provider_<tier>_<n>`, TLS with SNI and certificate checks):
 - `x-cascade-*` headers are removed (a provider learns nothing of the routing);
 - the credential injector replaces the configured header with the secret's value
   (`static_resources.secrets`, read from a file or an environment variable by Envoy);
-  toward a credential in another header, the client's `Authorization` is removed;
+  the client's own credential headers (`CLIENT_CREDENTIAL_HEADERS`) are removed;
 - `/v1/<rest>` becomes `<base path>/<rest>`, Host becomes the URL's authority;
 - the router adds no `x-envoy-*` headers (`suppress_envoy_headers`), so the original path and
   host do not reach the provider either.
@@ -30,6 +30,16 @@ from extproc.config.snapshot import Backend, Snapshot, Tier
 from extproc.core import headers
 from extproc.core.hostport import is_ip
 from extproc.gateway.common import EARLY_HEADER_MUTATION, TYPE, duration
+
+#: Removed from requests toward a backend with its own credential: whatever the client sent to
+#: authenticate itself (to this gateway or to a provider) stays here.
+CLIENT_CREDENTIAL_HEADERS = (
+    "authorization",
+    "x-api-key",
+    "api-key",
+    "proxy-authorization",
+    "cookie",
+)
 
 INTERNAL_LISTENER = "envoy.extensions.bootstrap.internal_listener.v3.InternalListener"
 TLS_CONTEXT = "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
@@ -190,8 +200,11 @@ def _routes(tier: Tier, index: int, backend: Backend) -> list[dict[str, Any]]:
         action["host_rewrite_literal"] = backend.host_header
     route: dict[str, Any] = {"match": {"prefix": "/"}, "route": action}
     credential = backend.credential
-    if credential is not None and credential.header != "authorization":
-        route["request_headers_to_remove"] = ["authorization"]
+    if credential is not None:
+        # The injector overwrites its own header; the client's other credentials go too.
+        route["request_headers_to_remove"] = [
+            name for name in CLIENT_CREDENTIAL_HEADERS if name != credential.header
+        ]
     if not backend.path:
         return [route]
     rewritten = {

@@ -126,7 +126,14 @@ def hosted(tmp_path_factory: pytest.TempPathFactory, providers: Providers) -> It
 
 
 def _ask(gateway: Gateway, text: str = STRONG) -> Any:
-    return gateway.chat(text, headers={"authorization": f"Bearer {CLIENT_KEY}"})
+    """A client sending its key in every header a provider might read."""
+    headers = {
+        "authorization": f"Bearer {CLIENT_KEY}",
+        "x-api-key": CLIENT_KEY,
+        "api-key": CLIENT_KEY,
+        "cookie": f"session={CLIENT_KEY}",
+    }
+    return gateway.chat(text, headers=headers)
 
 
 def _never_saw_client_key(records: list[RecordedRequest]) -> None:
