@@ -2,7 +2,7 @@
 same machine, requests alternating between them, each a 4 KB strong request (strong has a
 `fallback`, so with the rewrite its per-attempt filter also receives the body).
 
-    PYTHONPATH=. .venv/bin/python bench/bench_rewrite_gateway.py [--requests 400]
+    .venv/bin/python bench/bench_rewrite_gateway.py [--requests 400]
 """
 
 from __future__ import annotations
@@ -10,11 +10,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: tests.e2e
 from tests.e2e.harness import Gateway
 
 WARMUP = 20
