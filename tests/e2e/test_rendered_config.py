@@ -40,8 +40,8 @@ def test_every_variant_is_present() -> None:
         "canary-and-shadow.cascade.yaml",
         "classifier-deployments.cascade.yaml",
         "classifier-endpoints.cascade.yaml",
-        "three-tiers.cascade.yaml",
         "hosted-tier.cascade.yaml",
+        "three-tiers.cascade.yaml",
     } <= names
 
 
