@@ -85,6 +85,9 @@ class EnvoySettings:
     #: tier's model; `pass`: unchanged; `reject`: an OpenAI-style 503 instead; `auto`: `rewrite`
     #: with `server.rewrite_model`, else `pass` (docs/resilience.md, "Fail-open that serves")
     unclassified: str = "auto"
+    #: trusted CAs for `https://` backends without their own `tls.ca_file` (Debian/Ubuntu path;
+    #: RHEL: /etc/pki/tls/certs/ca-bundle.crt, Alpine: /etc/ssl/certs/ca-certificates.crt)
+    ca_bundle: str = "/etc/ssl/certs/ca-certificates.crt"
 
 
 UNCLASSIFIED = ("auto", "rewrite", "pass", "reject")
@@ -101,6 +104,7 @@ _ENVOY_KEYS = {
     "outlier_detection",
     "ext_proc_canary",
     "unclassified",
+    "ca_bundle",
 }
 
 
@@ -151,6 +155,7 @@ def compile_envoy(check: Checker, value: object) -> EnvoySettings:
         unclassified=check.choice(
             spec.get("unclassified", defaults.unclassified), "envoy.unclassified", UNCLASSIFIED
         ),
+        ca_bundle=check.string(spec.get("ca_bundle", defaults.ca_bundle), "envoy.ca_bundle"),
         **numbers,
     )
 

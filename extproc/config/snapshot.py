@@ -95,7 +95,8 @@ DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 class ServerSettings:
     paths: tuple[str, ...] = DEFAULT_PATHS
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
-    rewrite_model: bool = False
+    #: on by default: every attempt asks its backend for the model that backend serves
+    rewrite_model: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,5 +289,5 @@ def _compile_server(check: Checker, value: object) -> ServerSettings:
         max_body_bytes=check.integer(
             spec.get("max_body_bytes", DEFAULT_MAX_BODY_BYTES), "server.max_body_bytes", minimum=1
         ),
-        rewrite_model=check.boolean(spec.get("rewrite_model", False), "server.rewrite_model"),
+        rewrite_model=check.boolean(spec.get("rewrite_model", True), "server.rewrite_model"),
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
+from extproc.config.backends import BACKEND_KEYS, BackendTls, Credential, compile_target
 from extproc.config.check import Checker, join_path
 
 
@@ -30,6 +31,17 @@ class Backend:
     model: str
     weight: int = 100
     name: str = ""
+    #: URL backends (extproc/config/backends.py): TLS, the base path replacing `/v1`, the Host
+    #: header, the credential Envoy injects; all empty for a plain `host:port`
+    tls: BackendTls | None = None
+    path: str = ""
+    host_header: str = ""
+    credential: Credential | None = None
+
+    @property
+    def needs_listener(self) -> bool:
+        """Reached through its own Envoy listener (TLS, path, Host or credential to apply)."""
+        return bool(self.tls or self.path or self.host_header or self.credential)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +64,10 @@ class Tier:
     mirror: Mirror | None = None
     #: request header hashed to keep a user on one backend group (backend canary); "" = random
     sticky_header: str = "x-user-id"
+    #: the tier route's timeout and per-try timeout; 0 = `envoy.route_timeout_s`,
+    #: `envoy.retries.per_try_timeout_s`
+    timeout_s: int = 0
+    per_try_timeout_s: int = 0
 
     @property
     def backend_groups(self) -> tuple[tuple[str, tuple[Backend, ...]], ...]:
@@ -81,6 +97,7 @@ def compile_tiers(check: Checker, value: object) -> tuple[Tier, ...]:
         backends = _compile_backends(
             check, spec.get("backends"), join_path(path, "backends"), model
         )
+        timeout_s, per_try_timeout_s = _timeouts(check, spec, path)
         sticky = check.string(
             spec.get("sticky_header", "x-user-id"), join_path(path, "sticky_header"), empty=True
         )
@@ -92,6 +109,8 @@ def compile_tiers(check: Checker, value: object) -> tuple[Tier, ...]:
                 price=price,
                 backends=backends,
                 sticky_header=sticky.strip().lower(),
+                timeout_s=timeout_s,
+                per_try_timeout_s=per_try_timeout_s,
             )
         )
     names = tuple(t.name for t in tiers)
@@ -143,6 +162,18 @@ def _check_fallback_cycles(check: Checker, tiers: list[Tier]) -> None:
             current = by_name[current].fallback
 
 
+_TIER_KEYS.update({"timeout_s", "per_try_timeout_s"})  # the tier's own route timeouts
+
+
+def _timeouts(check: Checker, spec: dict[str, Any], path: str) -> tuple[int, int]:
+    """The tier's `timeout_s` and `per_try_timeout_s` (0 = the `envoy:` settings)."""
+    timeout = check.integer(spec.get("timeout_s", 0), join_path(path, "timeout_s"))
+    per_try = check.integer(spec.get("per_try_timeout_s", 0), join_path(path, "per_try_timeout_s"))
+    if timeout and per_try > timeout:
+        raise check.fail(join_path(path, "per_try_timeout_s"), "longer than the tier's timeout_s")
+    return timeout, per_try
+
+
 def _compile_price(check: Checker, value: object, path: str) -> Price:
     if value is None:
         return Price()
@@ -161,9 +192,8 @@ def _compile_backends(
     named = 0
     for index, item in enumerate(check.sequence(value, path)):
         item_path = join_path(path, index)
-        spec = check.mapping(item, item_path, {"address", "model", "weight", "name"}, {"address"})
-        address = check.string(spec["address"], join_path(item_path, "address"))
-        host, port = check.host_port(address, join_path(item_path, "address"))
+        spec = check.mapping(item, item_path, BACKEND_KEYS, {"address"})
+        target = compile_target(check, spec, item_path)
         if "name" in spec:
             named += 1
             label = check.string(spec["name"], join_path(item_path, "name"))
@@ -177,8 +207,8 @@ def _compile_backends(
             )
         backends.append(
             Backend(
-                address=host,
-                port=port,
+                address=target.host,
+                port=target.port,
                 model=check.string(
                     spec.get("model", tier_model), join_path(item_path, "model"), empty=True
                 ),
@@ -186,6 +216,10 @@ def _compile_backends(
                     spec.get("weight", 100), join_path(item_path, "weight"), minimum=1
                 ),
                 name=check.string(spec.get("name", ""), join_path(item_path, "name"), empty=True),
+                tls=target.tls,
+                path=target.path,
+                host_header=target.host_header,
+                credential=target.credential,
             )
         )
     if named and named != len(backends):

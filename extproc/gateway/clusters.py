@@ -20,6 +20,7 @@ from extproc.gateway.common import (
     tier_cluster,
 )
 from extproc.gateway.filters import upstream_filters
+from extproc.gateway.providers import backend_address, tier_uses_listeners
 
 
 def _ext_proc_cluster(
@@ -126,9 +127,17 @@ def _outlier_detection(snapshot: Snapshot) -> dict[str, Any] | None:
 def _backend_cluster(
     snapshot: Snapshot, name: str, tier: Tier, backends: tuple[Backend, ...], *, rewrite: bool
 ) -> dict[str, Any]:
+    # URL backends: each an internal listener applying TLS, path, Host and credential
+    # (extproc/gateway/providers.py); the endpoint metadata stays here, where retries and the
+    # per-attempt model rewrite run.
+    listeners = tier_uses_listeners(tier)
     endpoints = [
         {
-            "endpoint": {"address": socket_address(join_host_port(b.address, b.port))},
+            "endpoint": {
+                "address": backend_address(tier, b)
+                if listeners
+                else socket_address(join_host_port(b.address, b.port))
+            },
             "load_balancing_weight": b.weight,
             "metadata": {"filter_metadata": {"cascade": {"model": b.model, "tier": tier.name}}},
         }
@@ -136,7 +145,7 @@ def _backend_cluster(
     ]
     cluster: dict[str, Any] = {
         "name": name,
-        "type": "STRICT_DNS",
+        "type": "STATIC" if listeners else "STRICT_DNS",
         "connect_timeout": duration(snapshot.envoy.connect_timeout_ms),
         "lb_policy": "ROUND_ROBIN",
         "circuit_breakers": _circuit_breakers(snapshot),

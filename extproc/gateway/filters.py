@@ -61,7 +61,7 @@ def ext_proc_filter(snapshot: Snapshot) -> dict[str, Any]:
     }
 
 
-def forwarded_headers(snapshot: Snapshot) -> dict[str, Any]:
+def forwarded_headers(snapshot: Snapshot, *extra: str) -> dict[str, Any]:
     """Send the classifier only the request headers it reads.
 
     Less to encode, send and decode on every request, and credentials (`authorization`,
@@ -75,6 +75,7 @@ def forwarded_headers(snapshot: Snapshot) -> dict[str, Any]:
         "traceparent",
         "tracestate",
         *snapshot.telemetry.user_key_headers,
+        *extra,
     ]
     if snapshot.canary is not None:
         names.append(snapshot.canary.key_header)
@@ -148,6 +149,10 @@ def upstream_ext_proc_filter(snapshot: Snapshot, *, rewrite: bool) -> dict[str, 
             # Unreachable server: the attempt goes out unchanged rather than failing.
             "failure_mode_allow": True,
             "message_timeout": duration(settings.message_timeout_ms),
+            # As on the listener: no credentials to the classifier. Its upstream role also
+            # reads content-length (a rewrite of an earlier attempt changed it) and, where it
+            # looks at answers, the response's :status (the rules apply to both directions).
+            "forward_rules": forwarded_headers(snapshot, headers.CONTENT_LENGTH, headers.STATUS),
             "processing_mode": {
                 "request_header_mode": "SEND",
                 "request_body_mode": "BUFFERED" if rewrite else "NONE",

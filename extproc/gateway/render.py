@@ -22,7 +22,13 @@ import yaml
 # Imported for their descriptors: `@type` URLs in the document resolve against them.
 from envoy.config.bootstrap.v3 import bootstrap_pb2
 from envoy.extensions.access_loggers.stream.v3 import stream_pb2  # noqa: F401
+from envoy.extensions.bootstrap.internal_listener.v3 import (  # noqa: F401
+    internal_listener_pb2,
+)
 from envoy.extensions.clusters.aggregate.v3 import cluster_pb2  # noqa: F401
+from envoy.extensions.filters.http.credential_injector.v3 import (  # noqa: F401
+    credential_injector_pb2,
+)
 from envoy.extensions.filters.http.ext_proc.v3 import ext_proc_pb2  # noqa: F401
 from envoy.extensions.filters.http.lua.v3 import lua_pb2  # noqa: F401
 from envoy.extensions.filters.http.router.v3 import router_pb2  # noqa: F401
@@ -33,22 +39,25 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (  # noq
 from envoy.extensions.http.early_header_mutation.header_mutation.v3 import (  # noqa: F401
     header_mutation_pb2,
 )
+from envoy.extensions.http.injected_credentials.generic.v3 import generic_pb2  # noqa: F401
 from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2  # noqa: F401
 from envoy.extensions.retry.priority.previous_priorities.v3 import (  # noqa: F401
     previous_priorities_config_pb2,
 )
+from envoy.extensions.transport_sockets.tls.v3 import tls_pb2  # noqa: F401
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa: F401
 from google.protobuf import json_format
 
 from extproc.config.snapshot import Snapshot
+from extproc.gateway import providers
 from extproc.gateway.clusters import ext_proc_clusters, fallback_clusters, tier_clusters
 from extproc.gateway.common import SIDE_STREAM_FLOW_CONTROL, socket_address
-from extproc.gateway.routes import connection_manager
+from extproc.gateway.routes import LOCAL_REPLIES, connection_manager
 
 
 def bootstrap(snapshot: Snapshot) -> dict[str, Any]:
     """The whole Envoy bootstrap as plain data."""
-    return {
+    document: dict[str, Any] = {
         "admin": {"address": socket_address(snapshot.envoy.admin)},
         # The static layer turns ext_proc side-stream flow control off: with it on, a full
         # write buffer to the classifier crashes Envoy 1.39/1.40 when an upstream ext_proc
@@ -76,15 +85,23 @@ def bootstrap(snapshot: Snapshot) -> dict[str, Any]:
                             ]
                         }
                     ],
-                }
+                },
+                *providers.listeners(snapshot, LOCAL_REPLIES),
             ],
             "clusters": [
                 *ext_proc_clusters(snapshot),
                 *tier_clusters(snapshot),
                 *fallback_clusters(snapshot),
+                *providers.clusters(snapshot),
             ],
         },
     }
+    # URL backends (hosted APIs): internal listeners and the credentials' secret references
+    if extensions := providers.bootstrap_extensions(snapshot):
+        document["bootstrap_extensions"] = extensions
+    if secrets := providers.secrets(snapshot):
+        document["static_resources"]["secrets"] = secrets
+    return document
 
 
 def typed_bootstrap(snapshot: Snapshot) -> bootstrap_pb2.Bootstrap:

@@ -137,6 +137,11 @@ def route_action(snapshot: Snapshot, tier: Tier, *, mirror: bool = True) -> dict
                 ],
             }
         ]
+    # The tier's own limits (a slow hosted model, a fast local one).
+    if tier.timeout_s:
+        action["timeout"] = f"{tier.timeout_s}s"
+    if tier.per_try_timeout_s:
+        action["retry_policy"]["per_try_timeout"] = f"{tier.per_try_timeout_s}s"
     return action
 
 

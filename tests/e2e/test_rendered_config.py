@@ -2,11 +2,12 @@
 
 Pairs: `envoy/cascade.yaml` -> `envoy/envoy.yaml`, and every
 `envoy/variants/<name>.cascade.yaml` -> `envoy/variants/<name>.envoy.yaml` (fallback chains,
-backend canary, shadow sampling, the two classifier-deployment variants).
+backend canary, shadow sampling, the two classifier-deployment variants, a hosted-API tier).
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -39,6 +40,7 @@ def test_every_variant_is_present() -> None:
         "canary-and-shadow.cascade.yaml",
         "classifier-deployments.cascade.yaml",
         "classifier-endpoints.cascade.yaml",
+        "hosted-tier.cascade.yaml",
         "three-tiers.cascade.yaml",
     } <= names
 
@@ -54,11 +56,16 @@ def test_shipped_envoy_config_is_rerendered_unchanged(source: Path, rendered: Pa
 
 @pytest.mark.parametrize(("source", "rendered"), PAIRS, ids=IDS)
 def test_shipped_envoy_config_validates(source: Path, rendered: Path) -> None:
+    # Credentials from environment variables (hosted-tier): Envoy refuses to start without them.
+    secrets = yaml.safe_load(rendered.read_text())["static_resources"].get("secrets", [])
+    names = [s["generic_secret"]["secret"].get("environment_variable") for s in secrets]
+    env = {**os.environ, **{name: "Bearer test-only" for name in names if name}}
     result = subprocess.run(
         [str(ENVOY), "--mode", "validate", "-c", str(rendered)],
         capture_output=True,
         timeout=60,
         check=False,
+        env=env,
     )
     assert result.returncode == 0, result.stderr.decode()[-2000:]
 

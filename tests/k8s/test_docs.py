@@ -12,8 +12,9 @@ import pytest
 import yaml
 from google.protobuf import json_format
 
+from extproc.config.snapshot import compile_config
 from tests.conftest import ROOT
-from tests.k8s.conftest import K8S, KUSTOMIZATIONS, one
+from tests.k8s.conftest import CRDS, K8S, KUSTOMIZATIONS, one
 from tests.k8s.kustomize import build, json_patch
 from tests.k8s.test_monitoring import rules
 
@@ -101,8 +102,37 @@ def test_envoy_tls_snippet_is_a_valid_transport_socket() -> None:
         "Buffer placement",
         "without `earlyRequestHeaderModifier`",
         "no response attributes",
+        "No forward rules: the client's `Authorization` reaches the classifier",
     ],
 )
 def test_kgateway_limitations_are_stated(limitation: str) -> None:
     section = DOC.read_text().split("## What kgateway cannot express", 1)[1].split("\n## ", 1)[0]
     assert limitation.lower() in section.lower()
+
+
+def test_the_validated_versions_are_named() -> None:
+    """The kgateway commit of the CRD schemas the tests validate against, and the Envoy image
+    of the plain-Envoy overlay, are the ones the guide names."""
+    text = DOC.read_text()
+    crds = (CRDS / "README.md").read_text()
+    [commit] = re.findall(r"`main` at `([0-9a-f]{40})`", crds)
+    assert commit in text
+    assert "Gateway API v1.6.1" in text and "v1.6.1" in crds
+    kustomization = yaml.safe_load((K8S / "overlays" / "envoy" / "kustomization.yaml").read_text())
+    [image] = [i for i in kustomization["images"] if i["name"] == "envoyproxy/envoy"]
+    assert f"envoyproxy/envoy:{image['newTag']}" in text
+
+
+def test_the_hosted_api_excerpt_is_a_valid_tier() -> None:
+    [tier] = yaml.safe_load(block_with("credential: {file: /etc/envoy-credentials/openai}"))
+    weak = {"name": "weak", "model": "small", "backends": [{"address": "10.0.0.1:8000"}]}
+    document = {
+        "tiers": [weak, tier],
+        "classifier": "v1",
+        "classifiers": {"v1": {"default": "weak"}},
+    }
+    snapshot = compile_config(yaml.safe_dump(document))
+    (backend,) = snapshot.tier("strong").backends
+    assert backend.credential is not None
+    assert backend.credential.file == "/etc/envoy-credentials/openai"
+    assert "## Hosted APIs as tiers" in DOC.read_text()

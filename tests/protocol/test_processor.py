@@ -54,15 +54,18 @@ def test_chat_body_sets_tier_headers_and_clears_route(default_snapshot: Snapshot
     assert not answers[0].request_headers.HasField("response")
     common = common_of(answers[1])
     assert common.clear_route_cache
+    # rewrite_model is on by default: the body asks for the decided tier's model
+    new_body = common.body_mutation.body
+    assert orjson.loads(new_body)["model"] == "glm-5"
     assert set_headers(answers[1]) == {
         "x-cascade-tier": "strong",
         "x-cascade-classifier": "v7",
         "x-cascade-reason": "keyword:refactor",
+        "content-length": str(len(new_body)),
     }
     assert all(
         h.append_action == h.OVERWRITE_IF_EXISTS_OR_ADD for h in common.header_mutation.set_headers
     )
-    assert not common.HasField("body_mutation")
     assert processor.phase is Phase.DECIDED
     assert [d.tier for d in counting.decisions] == ["strong"]
 

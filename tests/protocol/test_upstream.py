@@ -22,7 +22,8 @@ from extproc.routing.upstream import UpstreamProcessor
 from tests.conftest import chat_body
 from tests.protocol.streams import common_of, request_body, request_headers, set_headers
 
-REWRITING = DEFAULT_CONFIG.read_text().replace("rewrite_model: false", "rewrite_model: true")
+REWRITING = DEFAULT_CONFIG.read_text()  # rewrite_model: true, the default
+PASSING = REWRITING.replace("rewrite_model: true", "rewrite_model: false")
 
 
 class Fallbacks:
@@ -114,9 +115,10 @@ def test_shadow_copy_is_not_a_fallback_but_gets_the_host_model(rewriting: Snapsh
     assert orjson.loads(common_of(answers[1]).body_mutation.body)["model"] == "glm-5"
 
 
-def test_without_rewrite_model_the_body_is_untouched(default_snapshot: Snapshot) -> None:
+def test_without_rewrite_model_the_body_is_untouched() -> None:
+    assert "rewrite_model: true" in REWRITING
     answers, observer = run(
-        default_snapshot,
+        compile_config(PASSING),
         upstream_headers("strong", ("weak", "qwen3-4b")),
         request_body(chat_body("x", model="glm-5")),
     )

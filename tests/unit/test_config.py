@@ -41,7 +41,7 @@ def test_default_config_is_v7(tmp_path: Path) -> None:
 def test_minimal_config_compiles() -> None:
     snapshot = compile_config(BASE, "conf.yaml")
     assert snapshot.server.paths == ("/v1/chat/completions",)
-    assert not snapshot.server.rewrite_model
+    assert snapshot.server.rewrite_model  # the default: every attempt gets its model
     assert snapshot.digest
 
 

@@ -56,7 +56,9 @@ def test_fallback_aggregate_and_retry_priority() -> None:
     assert members == ["tier_strong", "tier_weak"]
     priority = routes["tier_strong"]["route"]["retry_policy"]["retry_priority"]
     assert priority["typed_config"]["update_frequency"] == 1
+
     # without rewrite_model the upstream filter only counts: headers, no body
+    _, clusters = render(BASE + "server: {rewrite_model: false}\n")
     upstream = upstream_filter(clusters["tier_strong_fallback"])
     assert upstream is not None
     assert upstream["processing_mode"]["request_body_mode"] == "NONE"
@@ -314,8 +316,8 @@ def test_body_filter_sits_between_ext_proc_and_the_router() -> None:
 @pytest.mark.parametrize(
     ("settings", "mode", "stream"),
     [
-        ("", "pass", "10000"),  # auto without rewrite_model: pass
-        ("server: {rewrite_model: true}\n", "rewrite", "10000"),
+        ("server: {rewrite_model: false}\n", "pass", "10000"),  # auto without rewrite_model
+        ("", "rewrite", "10000"),  # auto with the default rewrite_model: true
         ("envoy: {unclassified: reject}\n", "reject", "10000"),
         (
             "envoy: {unclassified: rewrite, retries: {stream_per_try_timeout_ms: 2500}}\n",

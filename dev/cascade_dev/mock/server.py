@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import re
+import ssl
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -56,9 +58,15 @@ class MockBackend:
         stream_delay_ms: int = 50,
         stream_chunks: int = 4,
         strict_models: bool = False,
+        tls: ssl.SSLContext | None = None,
+        path_prefix: str = "",
         max_body_bytes: int = 32 * 1024 * 1024,
         max_recorded: int = 10_000,
     ) -> None:
+        """`tls`: serve HTTPS with this server context (its `sni_callback` is replaced to record
+        the SNI of each connection); `path_prefix`: the API lives under it, like a hosted
+        provider's base path (`/openai` → `/openai/v1/chat/completions`); other paths get 404.
+        """
         if not _NAME_RE.fullmatch(name):
             raise ValueError(f"backend name must match {_NAME_RE.pattern}, got {name!r}")
         if isinstance(models, str) or not models or not all(models):
@@ -71,6 +79,8 @@ class MockBackend:
             raise ValueError("port must be 0..65535")
         if max_body_bytes < 0 or max_recorded < 1:
             raise ValueError("max_body_bytes must be >= 0 and max_recorded >= 1")
+        if path_prefix and (not path_prefix.startswith("/") or path_prefix.endswith("/")):
+            raise ValueError("path_prefix must start with '/' and not end with one")
         self.name = name
         self.models = tuple(models)
         self.host = host
@@ -80,6 +90,8 @@ class MockBackend:
         self.stream_chunks = stream_chunks
         self.strict_models = strict_models
         self.max_body_bytes = max_body_bytes
+        self.tls = tls
+        self.path_prefix = path_prefix
         self.state = BackendState(max_recorded)
         self._completion_ids = itertools.count(1)
         self._runner: web.ServerRunner | None = None
@@ -94,7 +106,8 @@ class MockBackend:
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://{host}:{self.port}{self.path_prefix}"
 
     async def start(self) -> None:
         """Listen on `host:port` (port 0: a free port, then in `.port`)."""
@@ -102,10 +115,12 @@ class MockBackend:
             raise RuntimeError(f"mock backend {self.name} is already running")
         listener = await open_listener(self.host, self.port)
         server = MockServer(self._handle)
+        if self.tls is not None:
+            server.serve_tls(self.tls)
         runner = web.ServerRunner(server, shutdown_timeout=_STOP_TIMEOUT)
         try:
             await runner.setup()
-            await web.SockSite(runner, listener).start()
+            await web.SockSite(runner, listener, ssl_context=self.tls).start()
         except BaseException:
             listener.close()
             await runner.cleanup()
@@ -173,6 +188,8 @@ class MockBackend:
             body_length=body_length,
             content_length=head.content_length,
             chunked=head.chunked,
+            sni=head.sni,
+            client_cert=head.client_cert,
             **fields,
         )
 
@@ -202,7 +219,20 @@ class MockBackend:
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         """Read the body (within the limit), then answer by path."""
+        assert self._server is not None
         head = RequestHead.of(request)
+        if self.tls is not None:
+            sni, client_cert = self._server.tls_names(request)
+            head = dataclasses.replace(head, sni=sni, client_cert=client_cert)
+        raw_path = head.path
+        own = raw_path == HEALTH_PATH or raw_path.startswith(CONTROL_PREFIX)
+        if self.path_prefix and not own:
+            if not raw_path.startswith(self.path_prefix + "/"):
+                attempt = controls.attempt(head.headers)
+                self.record(head, 0, model=None, stream=False, attempt=attempt, status=404)
+                body = error_body(f"no route for {raw_path}", "not_found_error")
+                return self.respond(request, 404, body, keep_alive=False)
+            head = dataclasses.replace(head, base=self.path_prefix)
         limit = self.max_body_bytes
         too_large = error_body(f"body over {limit} bytes", "invalid_request_error")
         declared = head.content_length
@@ -220,7 +250,6 @@ class MockBackend:
             body = error_body("malformed request body", "invalid_request_error")
             return self.respond(request, 400, body, keep_alive=False)
 
-        assert self._server is not None
         conn = self._server.number(request.protocol)
         path = head.path
         if path.startswith("/v1/"):

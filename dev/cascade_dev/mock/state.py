@@ -36,6 +36,8 @@ class RecordedRequest:
     status: int  #: the status answered; 0 when the connection was reset on purpose
     time: float  #: wall clock (`time.time()`) when the request was complete
     monotonic: float  #: `time.monotonic()` at the same moment (same clock in every process)
+    sni: str | None = None  #: TLS: the server name the client asked for (None: plain HTTP)
+    client_cert: str | None = None  #: TLS: common name of the client's certificate, if any
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import socket
+import ssl
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -56,6 +58,28 @@ class MockServer(web.Server):
         self.closing = False
         self._numbers: dict[RequestHandler, int] = {}
         self._ids = itertools.count(1)
+        #: the SNI name each TLS connection asked for (`serve_tls` installs the callback)
+        self._sni: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+
+    def serve_tls(self, context: ssl.SSLContext) -> None:
+        """Record the server name each TLS client sends (the context's `sni_callback`)."""
+
+        def remember(connection: Any, name: str | None, _context: ssl.SSLContext) -> None:
+            if name is not None:
+                self._sni[connection] = name
+
+        context.sni_callback = remember
+
+    def tls_names(self, request: web.BaseRequest) -> tuple[str | None, str | None]:
+        """(SNI sent, client certificate's common name) of the request's TLS connection."""
+        transport = request.transport
+        connection = transport.get_extra_info("ssl_object") if transport is not None else None
+        if connection is None:
+            return None, None
+        peer = connection.getpeercert() or {}
+        subject = peer.get("subject", ())
+        names = [value for rdn in subject for key, value in rdn if key == "commonName"]
+        return self._sni.get(connection), (names[0] if names else None)
 
     def connection_made(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
         super().connection_made(handler, transport)
@@ -105,10 +129,16 @@ class RequestHead:
     headers: dict[str, str]
     content_length: int | None
     chunked: bool
+    #: the backend's base path (`MockBackend(path_prefix=...)`), removed from `path`
+    base: str = ""
+    #: TLS: the SNI name the client sent, the common name of its certificate
+    sni: str | None = None
+    client_cert: str | None = None
 
     @property
     def path(self) -> str:
-        return self.target.split("?", 1)[0]
+        path = self.target.split("?", 1)[0]
+        return path[len(self.base) :] if self.base else path
 
     @classmethod
     def of(cls, request: web.BaseRequest) -> RequestHead:
