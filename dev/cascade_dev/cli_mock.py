@@ -46,6 +46,11 @@ def register(sub: Any) -> None:
         action="store_true",
         help="answer 404 model_not_found for a model not given with --model",
     )
+    parser.add_argument(
+        "--judge",
+        choices=("fair", "first"),
+        help="answer as a pairwise judge for `cascade judge` (docs/mock-backends.md)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no per-request log lines")
     parser.set_defaults(func=run_mock_backend)
 
@@ -70,6 +75,7 @@ def run_mock_backend(args: argparse.Namespace) -> int:
             stream_delay_ms=args.stream_delay_ms,
             stream_chunks=args.stream_chunks,
             strict_models=args.strict_models,
+            judge=args.judge,
         )
     except ValueError as exc:
         print(f"cascade: {exc}", file=sys.stderr)

@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "extproc.cli.canary",
     "extproc.cli.tuning",
     "extproc.cli.train",
+    "extproc.cli.judge",
 )
 
 

@@ -1,0 +1,154 @@
+"""Helpers of `cascade judge`: settings from the arguments and the config, inputs, the summary."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import orjson
+
+from extproc.config.snapshot import Snapshot
+from extproc.tuning.judge_client import check_url
+from extproc.tuning.judge_one import Plan
+from extproc.tuning.judge_pairs import Pair, PairStats, read_pairs
+from extproc.tuning.judge_prompt import DEFAULT, Rubric
+from extproc.tuning.judge_run import Budget, Summary
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    url: str
+    plan: Plan
+    budget: Budget
+    warnings: list[str] = field(default_factory=list)
+
+
+def _fail(message: str) -> SystemExit:
+    print(f"cascade judge: {message}", file=sys.stderr)
+    return SystemExit(2)
+
+
+def settings_or_exit(args: argparse.Namespace, snapshot: Snapshot) -> Settings:
+    top, cheapest = snapshot.tiers[-1], snapshot.tiers[0]
+    url = args.judge_url
+    if url is None:
+        if not top.backends:
+            raise _fail(f"tier {top.name} has no backends in the config: give --judge-url")
+        backend = top.backends[0]
+        url = f"http://{backend.address}:{backend.port}/v1"
+    problem = check_url(url)
+    if problem:
+        raise _fail(problem)
+    model = args.judge_model or top.model
+    warnings = []
+    if model == cheapest.model:
+        warnings.append(
+            f"the judge model {model!r} is the cheap tier's own model: it grades its own "
+            "answers, expect the cheap tier's loss rate to be understated"
+        )
+    rubric = DEFAULT
+    try:
+        if args.rubric is not None:
+            rubric = Rubric(
+                args.rubric.read_text(encoding="utf-8"),
+                name=str(args.rubric),
+                max_chars=args.max_chars,
+            )
+        elif args.max_chars != DEFAULT.max_chars:
+            rubric = Rubric(DEFAULT.template, max_chars=args.max_chars)
+    except OSError as exc:
+        raise _fail(f"cannot read {args.rubric}: {exc.strerror or exc}") from exc
+    except ValueError as exc:
+        raise _fail(str(exc)) from exc
+    price = args.judge_price
+    if price is None:
+        for tier in snapshot.tiers:
+            if tier.model == model and (tier.price.input_per_mtok or tier.price.output_per_mtok):
+                price = (tier.price.input_per_mtok, tier.price.output_per_mtok)
+                break
+    if args.max_cost is not None and price is None:
+        raise _fail("--max-cost needs a price: give --judge-price IN:OUT (per million tokens)")
+    plan = Plan(
+        rubric=rubric,
+        judge_model=model,
+        seed=args.seed,
+        swap_share=args.swap_share,
+        ranks={tier.name: tier.rank for tier in snapshot.tiers},
+    )
+    return Settings(url, plan, Budget(args.max_pairs, args.max_cost, price), warnings)
+
+
+def _count_lines(path: str) -> int | None:
+    if path == "-":
+        return None
+    try:
+        with open(path, "rb") as stream:
+            return sum(1 for line in stream if line.strip())
+    except OSError as exc:
+        raise _fail(f"cannot read {path}: {exc.strerror or exc}") from exc
+
+
+def open_inputs(paths: Sequence[str], stats: PairStats) -> tuple[Iterator[Pair], int | None]:
+    """The pairs of every input, lazily, and their number of lines when known."""
+    counts = [_count_lines(p) for p in paths]
+    total = None if None in counts else sum(c or 0 for c in counts)
+
+    def pairs() -> Iterator[Pair]:
+        for path in paths:
+            stream: IO[bytes] = sys.stdin.buffer if path == "-" else open(path, "rb")  # noqa: SIM115
+            try:
+                yield from read_pairs(stream, stats)
+            finally:
+                if path != "-":
+                    stream.close()
+
+    return pairs(), total
+
+
+def print_summary(summary: Summary, args: argparse.Namespace, unjudged: Path) -> None:
+    data = summary.as_json()
+    if args.summary is not None:
+        args.summary.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n")
+    for warning in summary.warnings:
+        print(f"cascade judge: warning: {warning}", file=sys.stderr)
+    if summary.stopped:
+        print(f"cascade judge: {summary.stopped}", file=sys.stderr)
+    if args.json:
+        sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return
+    cheap, swap, judge = data["cheap_tier"], data["swap"], data["judge"]
+    lines = [
+        f"pairs read        {summary.pairs} ({summary.malformed} malformed lines skipped, "
+        f"{summary.duplicates} duplicate ids, {summary.already_judged} judged before)",
+        f"judged            {summary.judged}",
+        f"unjudged          {summary.unjudged.total()}"
+        + (f" ({_kinds(data['unjudged'])}) -> {unjudged}" if summary.unjudged else ""),
+        f"cheap tier        win {cheap['win']} · tie {cheap['tie']} · loss {cheap['loss']}"
+        f" (loss rate {_pct(cheap['loss_rate'])})",
+    ]
+    for lang, row in data["by_lang"].items():
+        lines.append(
+            f"  {lang:<15} win {row['win']} · tie {row['tie']} · loss {row['loss']}"
+            f" (loss rate {_pct(row['loss_rate'])})"
+        )
+    lines += [
+        f"labels            {_kinds(data['labels']) or '-'}",
+        f"swap check        {swap['judged_both_ways']} judged both ways, agreement "
+        f"{_pct(swap['agreement'])}; the answer shown first won {_pct(swap['first_shown_won'])}",
+        f"judge             {judge['model']}: {judge['requests']} requests "
+        f"({judge['retries']} retries), {judge['tokens_in']} + {judge['tokens_out']} tokens, "
+        f"cost {'unknown (no price)' if judge['cost'] is None else format(judge['cost'], '.4f')}",
+    ]
+    sys.stdout.write("\n".join(lines) + "\n")
+
+
+def _kinds(counts: dict[str, int]) -> str:
+    return ", ".join(f"{key} {value}" for key, value in counts.items())
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f} %"
