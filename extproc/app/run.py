@@ -30,6 +30,7 @@ from extproc.services.api import SERVICE as CASCADE_SERVICE
 from extproc.services.api import CascadeApi, add_to_server, h2_methods
 from extproc.services.auth import Authenticator, parse_tokens
 from extproc.telemetry.metrics import Metrics, MetricsServer
+from extproc.telemetry.pair_sink import start_capture
 from extproc.telemetry.recorder import Recorder
 from extproc.telemetry.tracing import Tracing
 from extproc.transport.grpcio import ExternalProcessor
@@ -91,6 +92,12 @@ class CascadeServer:
         self.store.listeners.append(self.recorder.reloaded)
         self.servicer = ExternalProcessor(lambda: self.store.current, observer or self.recorder)
         self.metrics.track_inflight(lambda: self.servicer.in_flight)
+        # mirrored-pair capture (`capture:`; its sink is fixed at start, like the decision log)
+        self.pairs = start_capture(
+            self.store.current.capture, self.recorder.redact, self.metrics.registry
+        )
+        if self.pairs is not None:
+            self.servicer.pairs = self.pairs.joiner
         self.api = CascadeApi(lambda: self.store.current, self.recorder, _authenticator(options))
         self.metrics_server: MetricsServer | None = None
         self.metrics_port = 0
@@ -232,6 +239,9 @@ class CascadeServer:
         if self._h2 is not None:
             await self._h2.stop(self.options.grace)
         await self.recorder.stop()
+        if self.pairs is not None:
+            self.pairs.joiner.expire()
+            self.pairs.close()
         if self.metrics_server is not None:
             self.metrics_server.stop()
         logger.info("stopped")

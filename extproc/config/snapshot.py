@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from extproc.config.capture import CaptureSettings, compile_capture
 from extproc.config.check import Checker, join_path
 from extproc.config.classifiers import (
     DEFAULT_TRIGGERS,
@@ -110,6 +111,7 @@ class Snapshot:
     server: ServerSettings
     envoy: EnvoySettings = field(default_factory=EnvoySettings)
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
+    capture: CaptureSettings = field(default_factory=CaptureSettings)
     raw: Mapping[str, Any] = field(repr=False, compare=False, default_factory=dict)
 
     def tier(self, name: str) -> Tier:
@@ -150,6 +152,7 @@ _TOP_KEYS = {
     "server",
     "envoy",
     "telemetry",
+    "capture",
 }
 
 
@@ -201,6 +204,13 @@ def compile_document(document: object, source: str, digest: str = "") -> Snapsho
     server = _compile_server(check, top.get("server"))
     envoy = compile_envoy(check, top.get("envoy"))
     telemetry = compile_telemetry(check, top.get("telemetry"))
+    capture = compile_capture(
+        check,
+        top.get("capture"),
+        tiers,
+        rewrite_model=server.rewrite_model,
+        response_processing=telemetry.response_processing,
+    )
     return Snapshot(
         source=source,
         digest=digest,
@@ -212,6 +222,7 @@ def compile_document(document: object, source: str, digest: str = "") -> Snapsho
         server=server,
         envoy=envoy,
         telemetry=telemetry,
+        capture=capture,
         raw=top,
     )
 

@@ -30,6 +30,7 @@ from extproc.core.chat import ChatRequest, parse_chat
 from extproc.core.classify import RULE_ERROR, RULE_UNPARSED, Decision, classify
 from extproc.core.excerpt import retry_excerpt
 from extproc.routing import mutations
+from extproc.routing.capture import PairJoiner, PrimaryTap
 from extproc.routing.choice import choose_classifier, fallback_decision
 from extproc.routing.headermap import header_map
 from extproc.routing.observer import (
@@ -66,18 +67,28 @@ class RequestProcessor:
         "_local",
         "_pending",
         "_response",
+        "_tap",
         "decided",
         "done",
         "info",
         "observer",
+        "pairs",
         "phase",
         "snapshot",
         "trace",
     )
 
-    def __init__(self, snapshot: Snapshot, observer: Observer | None = None) -> None:
+    def __init__(
+        self,
+        snapshot: Snapshot,
+        observer: Observer | None = None,
+        pairs: PairJoiner | None = None,
+    ) -> None:
         self.snapshot = snapshot
         self.observer: Observer = observer or NullObserver()
+        #: mirrored-pair capture (`capture:`); None when off
+        self.pairs = pairs
+        self._tap: PrimaryTap | None = None
         self.phase = Phase.AWAIT_HEADERS
         self.info = _EMPTY_INFO
         self.trace = NO_TRACE
@@ -206,6 +217,8 @@ class RequestProcessor:
     ) -> pb.ProcessingResponse:
         self.phase = Phase.DECIDED
         self.decided = self._facts(decision, seconds, chat)
+        if self.pairs is not None and chat is not None:
+            self._tap = self.pairs.primary_tap(self.snapshot, self.info, decision, chat)
         if self._pending is None:
             self._pending = self.decided
         return mutations.routed(
@@ -285,6 +298,8 @@ class RequestProcessor:
         if tracker is not None:
             message = request.response_body
             tracker.on_body(message.body)
+            if self._tap is not None:
+                self._tap.feed(message.body)
             if message.end_of_stream:
                 self._finish(tracker, complete=True)
         return mutations.EMPTY_RESPONSE_BODY
@@ -296,6 +311,14 @@ class RequestProcessor:
         tier = decided.decision.tier if decided is not None else ""
         response = tracker.facts(self.snapshot, tier, complete=complete)
         self.observer.finished(self.info, decided, response, self.trace)
+        if self._tap is not None:
+            self._tap.status = response.status
+            self._tap.done(
+                complete=complete,
+                tokens_in=response.tokens_in,
+                tokens_out=response.tokens_out,
+                model=response.model,
+            )
 
     def _answered_locally(self, status: int) -> None:
         """The server answers the client itself (no upstream): reported as finished."""

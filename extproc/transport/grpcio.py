@@ -17,6 +17,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
 from extproc.config.snapshot import Snapshot
 from extproc.core import headers
+from extproc.routing.capture import PairJoiner
 from extproc.routing.observer import Observer
 from extproc.routing.processor import RequestProcessor
 from extproc.routing.upstream import UpstreamProcessor
@@ -33,12 +34,12 @@ def role_of(context: grpc.aio.ServicerContext[pb.ProcessingRequest, pb.Processin
 
 
 def open_processor(
-    snapshot: Snapshot, observer: Observer | None, role: str
+    snapshot: Snapshot, observer: Observer | None, role: str, pairs: PairJoiner | None = None
 ) -> RequestProcessor | UpstreamProcessor:
     """The processor for a new stream: per-attempt (`upstream` role) or the classifier."""
     if role == headers.ROLE_UPSTREAM:  # per-attempt filter on a cluster
-        return UpstreamProcessor(snapshot, observer)
-    return RequestProcessor(snapshot, observer)
+        return UpstreamProcessor(snapshot, observer, pairs)
+    return RequestProcessor(snapshot, observer, pairs)
 
 
 def _after_write(callback: Callable[[], None]) -> None:
@@ -57,7 +58,7 @@ class ExtProcSession:
     def __init__(self, owner: ExternalProcessor, metadata: dict[str, str]) -> None:
         self._owner = owner
         self._processor = open_processor(
-            owner.snapshot(), owner.observer, metadata.get(headers.ROLE_METADATA, "")
+            owner.snapshot(), owner.observer, metadata.get(headers.ROLE_METADATA, ""), owner.pairs
         )
         owner.in_flight += 1
 
@@ -88,6 +89,8 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
     def __init__(self, snapshot: Callable[[], Snapshot], observer: Observer | None = None) -> None:
         self.snapshot = snapshot
         self.observer = observer
+        #: the mirrored-pair joiner when `capture:` is on (set by the app)
+        self.pairs: PairJoiner | None = None
         #: streams currently open (read by shutdown and metrics)
         self.in_flight = 0
 
@@ -96,7 +99,7 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
         request_iterator: AsyncIterator[pb.ProcessingRequest],
         context: grpc.aio.ServicerContext[pb.ProcessingRequest, pb.ProcessingResponse],
     ) -> AsyncIterator[pb.ProcessingResponse]:
-        processor = open_processor(self.snapshot(), self.observer, role_of(context))
+        processor = open_processor(self.snapshot(), self.observer, role_of(context), self.pairs)
         self.in_flight += 1
         try:
             async for request in request_iterator:
