@@ -58,7 +58,12 @@ def register(sub: Any) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("pairs", nargs="+", metavar="PAIRS", help="pair JSONL files (- = stdin)")
+    parser.add_argument(
+        "pairs",
+        nargs="+",
+        metavar="PAIRS",
+        help="pair JSONL files (- = stdin), or a Redis sink: redis://HOST:PORT/DB?stream=NAME",
+    )
     parser.add_argument(
         "-o",
         "--output",

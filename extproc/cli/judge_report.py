@@ -7,7 +7,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import orjson
 
@@ -82,8 +82,41 @@ def settings_or_exit(args: argparse.Namespace, snapshot: Snapshot) -> Settings:
     return Settings(url, plan, Budget(args.max_pairs, args.max_cost, price), warnings)
 
 
+#: entries read per XRANGE call from a Redis Streams sink
+REDIS_BATCH = 1000
+
+
+def _is_redis(path: str) -> bool:
+    return path.startswith(("redis://", "rediss://", "unix://"))
+
+
+def redis_lines(url: str) -> Iterator[bytes]:
+    """The pairs of a Redis Streams sink (`redis://host:port/db?stream=NAME`, default stream
+    `cascade:pairs`), oldest first, one JSON line per entry (field `pair`)."""
+    import redis
+
+    base, _, query = url.partition("?")
+    params = dict(part.partition("=")[::2] for part in query.split("&") if part)
+    stream = params.pop("stream", "cascade:pairs")
+    rest = "&".join(f"{k}={v}" for k, v in params.items())
+    client = redis.Redis.from_url(base + (f"?{rest}" if rest else ""), socket_timeout=10)
+    try:
+        start = "-"
+        while True:
+            entries: Any = client.xrange(stream, min=start, max="+", count=REDIS_BATCH)
+            for _, fields in entries or ():
+                line = fields.get(b"pair", b"") if isinstance(fields, dict) else b""
+                yield (line if isinstance(line, bytes) else b"") + b"\n"
+            if not entries or len(entries) < REDIS_BATCH:
+                return
+            last = entries[-1][0]
+            start = "(" + (last.decode() if isinstance(last, bytes) else str(last))
+    finally:
+        client.close()
+
+
 def _count_lines(path: str) -> int | None:
-    if path == "-":
+    if path == "-" or _is_redis(path):
         return None
     try:
         with open(path, "rb") as stream:
@@ -99,6 +132,9 @@ def open_inputs(paths: Sequence[str], stats: PairStats) -> tuple[Iterator[Pair],
 
     def pairs() -> Iterator[Pair]:
         for path in paths:
+            if _is_redis(path):
+                yield from read_pairs(redis_lines(path), stats)
+                continue
             stream: IO[bytes] = sys.stdin.buffer if path == "-" else open(path, "rb")  # noqa: SIM115
             try:
                 yield from read_pairs(stream, stats)

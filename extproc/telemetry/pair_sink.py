@@ -10,7 +10,7 @@ and enforces the retention limit:
   rotated files whose last write is older than `capture.retention_s` are deleted, and the live
   file is rotated once it is that old, so no pair outlives twice the retention;
 - `redis`: one Redis Stream entry per pair (field `pair`), `XADD ... MAXLEN ~ max_len`, and
-  `XTRIM ... MINID ~` (now - retention) once a minute: shared by several replicas.
+  `XTRIM ... MINID` (now - retention) once a minute: shared by several replicas.
 
 Metrics (`PairCollector`): `cascade_capture_pairs_total{result}` (`complete`, `missing_side`),
 `cascade_capture_dropped_total{reason}` (`queue_full`, `pending_full`, `write_error`),
@@ -171,7 +171,8 @@ class RedisSink:
 
     def retain(self, now: float) -> None:
         horizon_ms = int((now - self.retention_s) * 1000)
-        self.client.xtrim(self.settings.stream, minid=horizon_ms, approximate=True)
+        # exact: once a minute, costs what it removes (approximate trims only whole nodes)
+        self.client.xtrim(self.settings.stream, minid=horizon_ms, approximate=False)
 
     def close(self) -> None:
         self.client.close()

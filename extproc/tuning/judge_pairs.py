@@ -22,10 +22,10 @@ choices.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import orjson
 
@@ -101,8 +101,9 @@ def parse_pair(data: Mapping[str, Any]) -> Pair | str:
     return Pair(str(raw_id), messages, _side(data.get("primary")), _side(data.get("shadow")), data)
 
 
-def read_pairs(stream: IO[bytes], stats: PairStats) -> Iterator[Pair]:
-    """The pairs of a JSONL stream; malformed lines are skipped and counted."""
+def read_pairs(stream: Iterable[bytes], stats: PairStats) -> Iterator[Pair]:
+    """The pairs of JSON lines (a file, or lines from a Redis stream); malformed lines are
+    skipped and counted."""
     for lineno, line in enumerate(stream, start=1):
         if not line.strip():
             continue
