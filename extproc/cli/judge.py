@@ -12,7 +12,10 @@ CASCADE_JUDGE_API_KEY, else OPENAI_API_KEY); it is never printed.
 
 Exit status: 0 done (unjudged pairs are reported, not an error); 1 pairs were sent to the
 judge and none was judged; 2 bad usage or config; 3 stopped by the judge endpoint refusing every
-request (401, 403, 404).
+request (401, 403, 404); 4 the labels were written but the metrics push failed.
+
+Verdict metrics (`--metrics-file` for a textfile collector, `--push-gateway` for a Prometheus
+Pushgateway) are counted over the whole LABELS file: docs/quality-loop.md, "Live quality".
 """
 
 from __future__ import annotations
@@ -128,6 +131,22 @@ def register(sub: Any) -> None:
         "--max-tokens", type=_positive_int, default=400, help="max_tokens of a verdict"
     )
     parser.add_argument("--summary", type=Path, metavar="FILE", help="also write it as JSON")
+    parser.add_argument(
+        "--metrics-file",
+        type=Path,
+        metavar="FILE",
+        help="write verdict metrics in Prometheus text format (textfile collector)",
+    )
+    parser.add_argument(
+        "--push-gateway", metavar="URL", help="PUT the verdict metrics to a Prometheus Pushgateway"
+    )
+    parser.add_argument("--push-job", default="cascade_judge", help="Pushgateway job label")
+    parser.add_argument(
+        "--max-segments",
+        type=_positive_int,
+        default=20,
+        help="distinct user segments in the metrics (default 20)",
+    )
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress line")
     parser.set_defaults(func=run)
@@ -143,7 +162,12 @@ def _api_key(name: str | None) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from extproc.cli.config import load_config_or_exit
-    from extproc.cli.judge_report import open_inputs, print_summary, settings_or_exit
+    from extproc.cli.judge_report import (
+        export_metrics,
+        open_inputs,
+        print_summary,
+        settings_or_exit,
+    )
     from extproc.tuning.judge_client import Endpoint, JudgeClient, RetryPolicy
     from extproc.tuning.judge_pairs import PairStats, judged_ids
     from extproc.tuning.judge_run import JudgeRun, ProgressLine
@@ -186,6 +210,9 @@ def run(args: argparse.Namespace) -> int:
             f"skipped {stats.malformed} malformed line(s) (first: {stats.first_problem})"
         )
     print_summary(summary, args, unjudged_path)
+    pushed = export_metrics(args, summary)
     if summary.stopped:
         return 3
+    if not pushed:
+        return 4
     return 1 if summary.sent and not summary.judged else 0

@@ -188,3 +188,49 @@ def _kinds(counts: dict[str, int]) -> str:
 
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f} %"
+
+
+def _labelled(path: Path) -> Iterator[dict[str, Any]]:
+    with path.open("rb") as stream:
+        for line in stream:
+            try:
+                data = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(data, dict):
+                yield data
+
+
+def export_metrics(args: argparse.Namespace, summary: Summary) -> bool:
+    """Write `--metrics-file` and PUT to `--push-gateway`; False when the push failed."""
+    if args.metrics_file is None and args.push_gateway is None:
+        return True
+    import time
+    import urllib.request
+
+    from extproc.tuning.judge_metrics import VerdictCounts, exposition
+
+    counts = VerdictCounts(args.max_segments).add_all(_labelled(args.output))
+    text = exposition(
+        counts,
+        unjudged=dict(summary.unjudged),
+        cost=summary.cost if summary.priced else None,
+        finished=time.time(),
+    ).encode()
+    if args.metrics_file is not None:
+        temporary = args.metrics_file.with_name(args.metrics_file.name + ".tmp")
+        temporary.write_bytes(text)
+        temporary.replace(args.metrics_file)  # a textfile collector never reads half a file
+    if args.push_gateway is None:
+        return True
+    url = f"{args.push_gateway.rstrip('/')}/metrics/job/{args.push_job}"
+    request = urllib.request.Request(
+        url, data=text, method="PUT", headers={"Content-Type": "text/plain; version=0.0.4"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            response.read()
+    except OSError as exc:
+        print(f"cascade judge: warning: push to {url} failed: {exc}", file=sys.stderr)
+        return False
+    return True

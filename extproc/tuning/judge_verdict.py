@@ -189,6 +189,8 @@ def evidence(
         "label_rule": "judge",
         "judge_model": judge_model,
         "outcome": combined.outcome,
+        "cheap_tier": cheap,
+        "costly_tier": costly,
         f"{cheap}_correct": combined.outcome != "loss",
         f"{costly}_correct": combined.outcome != "win",
         "shown_first": cheap if cheap_first else costly,
