@@ -12,6 +12,7 @@ from typing import IO, Any
 import orjson
 
 from extproc.config.snapshot import Snapshot
+from extproc.core.hostport import join_host_port
 from extproc.tuning.judge_client import check_url
 from extproc.tuning.judge_one import Plan
 from extproc.tuning.judge_pairs import Pair, PairStats, read_pairs
@@ -39,7 +40,7 @@ def settings_or_exit(args: argparse.Namespace, snapshot: Snapshot) -> Settings:
         if not top.backends:
             raise _fail(f"tier {top.name} has no backends in the config: give --judge-url")
         backend = top.backends[0]
-        url = f"http://{backend.address}:{backend.port}/v1"
+        url = f"http://{join_host_port(backend.address, backend.port)}/v1"
     problem = check_url(url)
     if problem:
         raise _fail(problem)

@@ -12,7 +12,10 @@ moments meet here, all on the server's event loop (the writer thread only calls 
    header: the classifier strips client `x-cascade-*` headers, and an unknown id is ignored);
 3. each tap, when its answer ended, hands its side over; when both are in, the pair is emitted.
 
-A primary whose shadow was never seen was not mirrored: nothing is kept. A pair whose other side
+A primary whose shadow was never seen was not mirrored: nothing is kept. The join key comes from
+the client when Envoy keeps a client's `x-request-id`: a second request, or a second shadow,
+with an id that is waiting marks the pair as conflicting, and it is dropped (counted), so a
+reused id can never join one request's answer with another's. A pair whose other side
 has not come within `capture.join_timeout_s` is emitted with that side null and `missing` saying
 why. Emitting only puts the pair on the sink's bounded queue; text is redacted, cut and
 serialised on the writer thread. Counters (`counts`) are read by the metrics collector.
@@ -54,6 +57,8 @@ class _Entry:
     created: float
     record: dict[str, Any]
     shadow_seen: bool = False
+    #: a second request or shadow came with this id: the pair cannot be trusted, it is dropped
+    conflict: bool = False
     primary: dict[str, Any] | None = None
     shadow: dict[str, Any] | None = None
 
@@ -156,6 +161,7 @@ class PairJoiner:
         with self._lock:
             self._expire_locked()
             if request_id in self._pending:
+                self._pending[request_id].conflict = True
                 self.counts["duplicate_id"] += 1
                 return None
             if len(self._pending) >= settings.max_pending:
@@ -173,6 +179,10 @@ class PairJoiner:
             entry = self._pending.get(request_id)
             if entry is None:
                 self.counts["shadow_unexpected"] += 1
+                return None
+            if entry.shadow_seen:  # one shadow per request: a second one means a reused id
+                entry.conflict = True
+                self.counts["duplicate_id"] += 1
                 return None
             entry.shadow_seen = True
         self.counts["shadows"] += 1
@@ -192,6 +202,10 @@ class PairJoiner:
             if name == "primary" and not entry.shadow_seen:
                 del self._pending[request_id]  # not mirrored: nothing is kept
                 self.counts["unmirrored"] += 1
+                return
+            if entry.conflict:
+                del self._pending[request_id]
+                self.counts["dropped_conflict"] += 1
                 return
             setattr(entry, name, side)
             if entry.primary is None or entry.shadow is None:
@@ -214,7 +228,9 @@ class PairJoiner:
             if entry.created > deadline:
                 break
             del self._pending[request_id]
-            if entry.shadow_seen and (entry.primary is not None or entry.shadow is not None):
+            if entry.conflict:
+                self.counts["dropped_conflict"] += 1
+            elif entry.shadow_seen and (entry.primary is not None or entry.shadow is not None):
                 expired.append(entry)
             else:
                 self.counts["unmirrored" if not entry.shadow_seen else "expired_empty"] += 1

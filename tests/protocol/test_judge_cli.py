@@ -12,6 +12,7 @@ import pytest
 from cascade_dev.mock import MockBackend, MockBackendThread
 
 from extproc.cli.main import main
+from extproc.config.snapshot import DEFAULT_CONFIG
 
 
 @pytest.fixture
@@ -300,3 +301,24 @@ def test_custom_rubric_and_bad_rubric(judge: MockBackendThread, tmp_path: Path) 
     with pytest.raises(SystemExit) as exit_info:
         run_judge(judge, pairs, tmp_path / "l2.jsonl", "--rubric", str(rubric))
     assert exit_info.value.code == 2
+
+
+def test_the_judge_defaults_to_the_top_tier_of_the_config(
+    judge: MockBackendThread, tmp_path: Path
+) -> None:
+    config = tmp_path / "cascade.yaml"
+    config.write_text(
+        DEFAULT_CONFIG.read_text().replace(
+            "  - name: strong\n    model: glm-5\n",
+            f"  - name: strong\n    model: glm-5\n    backends: [{{address: '127.0.0.1:{judge.port}'}}]\n",
+        )
+    )
+    pairs = write_pairs(tmp_path / "pairs.jsonl", scored(2))
+    out = tmp_path / "labels.jsonl"
+    code = main(["judge", str(pairs), "-o", str(out), "--config", str(config), "--quiet"])
+    assert code == 0 and len(labels(out)) == 2
+    assert {r.model for r in judge.requests} == {"glm-5"}
+    assert {r.path for r in judge.requests} == {"/v1/chat/completions"}
+    with pytest.raises(SystemExit) as no_backend:
+        main(["judge", str(pairs), "-o", str(out), "--quiet"])  # packaged config: no backends
+    assert no_backend.value.code == 2

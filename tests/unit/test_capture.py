@@ -140,6 +140,28 @@ def test_pending_is_bounded_and_duplicate_ids_refused(snapshot: Snapshot) -> Non
     assert pairs.counts["duplicate_id"] == 1
 
 
+def test_a_reused_request_id_drops_the_pair(snapshot: Snapshot) -> None:
+    pairs, emitted, clock = joiner()
+    victim = pairs.primary_tap(snapshot, info("same"), WEAK, chat("mine"))
+    assert victim is not None
+    assert pairs.primary_tap(snapshot, info("same"), WEAK, chat("theirs")) is None
+    shadow = pairs.shadow_tap(snapshot, "same", "strong", "glm-5")
+    assert shadow is not None
+    assert pairs.shadow_tap(snapshot, "same", "strong", "glm-5") is None  # a second shadow
+    for tap in (victim, shadow):
+        tap.feed(ANSWER)
+        tap.done(complete=True)
+    assert not emitted and pairs.pending == 0
+    assert pairs.counts["dropped_conflict"] == 1 and pairs.counts["duplicate_id"] == 2
+    # the same when the join times out
+    pairs.primary_tap(snapshot, info("again"), WEAK, chat())
+    assert pairs.shadow_tap(snapshot, "again", "strong", "glm-5")
+    assert pairs.shadow_tap(snapshot, "again", "strong", "glm-5") is None
+    clock.now += 10
+    pairs.expire()
+    assert not emitted and pairs.counts["dropped_conflict"] == 2
+
+
 def test_sample_share_by_request_id() -> None:
     ids = [f"id-{i}" for i in range(4000)]
     share = sum(sampled(i, 25) for i in ids) / len(ids)
