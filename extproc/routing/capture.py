@@ -120,6 +120,17 @@ def _choice_text(document: Any, key: str) -> str | None:
     return None
 
 
+def _bounded(
+    messages: tuple[tuple[str, str], ...], snapshot: Snapshot
+) -> tuple[tuple[str, str], ...]:
+    """The prompt held while a mirrored pair waits, each text cut to `max_text_bytes`
+    characters (the writer cuts it to bytes), so a waiting pair holds a bounded prompt."""
+    limit = snapshot.capture.max_text_bytes
+    if all(len(text) <= limit for _, text in messages):
+        return messages
+    return tuple((role, text[:limit]) for role, text in messages)
+
+
 class PairJoiner:
     """The pairs waiting for a side; thread-safe (one lock, held for dictionary work only)."""
 
@@ -185,6 +196,10 @@ class PairJoiner:
                 self.counts["duplicate_id"] += 1
                 return None
             entry.shadow_seen = True
+            bounded = _bounded(entry.record["messages"], snapshot)
+            if bounded is not entry.record["messages"]:
+                entry.record["messages"] = bounded
+                entry.record["messages_truncated"] = True
         self.counts["shadows"] += 1
         return ShadowTap(self, request_id, tier, model, snapshot.capture.max_text_bytes)
 

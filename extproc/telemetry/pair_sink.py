@@ -57,11 +57,16 @@ def finish_pair(record: dict[str, Any], settings: CaptureSettings, redact: Redac
     """The JSON line of a joined pair: messages and answers redacted and cut."""
     limit = settings.max_text_bytes
     messages = []
+    truncated = bool(record.get("messages_truncated"))
     for role, text in record.get("messages") or ():
-        content, _ = cut(redact(text), limit)
+        content, was_cut = cut(redact(text), limit)
+        truncated = truncated or was_cut
         messages.append({"role": role, "content": content})
     out = dict(record)
     out["messages"] = messages
+    out.pop("messages_truncated", None)
+    if truncated:
+        out["messages_truncated"] = True
     for name in ("primary", "shadow"):
         side = record.get(name)
         if side is None:

@@ -51,7 +51,7 @@ class Clock:
 
 
 def chat(text: str = "hi") -> ChatRequest:
-    found = parse_chat(orjson.dumps({"messages": [{"role": "user", "content": text}]}), 10_000)
+    found = parse_chat(orjson.dumps({"messages": [{"role": "user", "content": text}]}), 1 << 20)
     assert isinstance(found, ChatRequest)
     return found
 
@@ -138,6 +138,21 @@ def test_pending_is_bounded_and_duplicate_ids_refused(snapshot: Snapshot) -> Non
     assert pairs.counts["dropped_pending"] == 2
     assert pairs.primary_tap(snapshot, info("r0"), WEAK, chat()) is None
     assert pairs.counts["duplicate_id"] == 1
+
+
+def test_a_long_prompt_is_cut_while_its_pair_waits(snapshot: Snapshot) -> None:
+    pairs, _, _ = joiner()
+    long = "x" * 70_000  # over capture.max_text_bytes (64 KiB)
+    primary = pairs.primary_tap(snapshot, info("long"), WEAK, chat(long))
+    assert primary is not None and pairs.shadow_tap(snapshot, "long", "strong", "glm-5")
+    waiting = pairs._pending["long"].record
+    assert len(waiting["messages"][0][1]) == 65_536 and waiting["messages_truncated"]
+    settings = snapshot.capture
+    line = orjson.loads(finish_pair(dict(waiting, primary=None, shadow=None), settings, str))
+    assert line["messages_truncated"] is True
+    assert len(line["messages"][0]["content"]) == 65_536
+    short = orjson.loads(finish_pair({"messages": (("user", "hi"),)}, settings, str))
+    assert "messages_truncated" not in short
 
 
 def test_a_reused_request_id_drops_the_pair(snapshot: Snapshot) -> None:
