@@ -240,7 +240,7 @@ class CascadeServer:
             await self._h2.stop(self.options.grace)
         await self.recorder.stop()
         if self.pairs is not None:
-            self.pairs.joiner.expire()
+            self.pairs.joiner.drain()  # the streams are closed: no side will come now
             self.pairs.close()
         if self.metrics_server is not None:
             self.metrics_server.stop()

@@ -235,6 +235,18 @@ class PairJoiner:
             missing = "shadow" if entry.shadow is None else "primary"
             self._emit(entry, f"{missing}: no answer within {self.join_timeout:g} s")
 
+    def drain(self) -> None:
+        """At shutdown: every waiting pair with one side in is written with the other missing."""
+        with self._lock:
+            entries = list(self._pending.values())
+            self._pending.clear()
+        for entry in entries:
+            if entry.conflict or not entry.shadow_seen:
+                continue
+            if entry.primary is not None or entry.shadow is not None:
+                missing = "shadow" if entry.shadow is None else "primary"
+                self._emit(entry, f"{missing}: the server stopped before it ended")
+
     def _expire_locked(self) -> list[_Entry]:
         expired: list[_Entry] = []
         deadline = self.clock() - self.join_timeout

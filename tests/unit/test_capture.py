@@ -131,6 +131,19 @@ def test_missing_side_after_the_join_timeout(snapshot: Snapshot) -> None:
     assert pairs.counts["pairs_missing_side"] == 1
 
 
+def test_drain_writes_half_pairs_at_shutdown(snapshot: Snapshot) -> None:
+    pairs, emitted, _ = joiner()
+    half = pairs.primary_tap(snapshot, info("half"), WEAK, chat())
+    assert half is not None and pairs.shadow_tap(snapshot, "half", "strong", "glm-5")
+    half.feed(ANSWER)
+    half.done(complete=True)
+    assert pairs.primary_tap(snapshot, info("waiting"), WEAK, chat())  # never mirrored
+    pairs.drain()
+    assert [p["id"] for p in emitted] == ["half"]
+    assert emitted[0]["missing"] == "shadow: the server stopped before it ended"
+    assert pairs.pending == 0
+
+
 def test_pending_is_bounded_and_duplicate_ids_refused(snapshot: Snapshot) -> None:
     pairs, _, _ = joiner()
     taps = [pairs.primary_tap(snapshot, info(f"r{i}"), WEAK, chat()) for i in range(5)]
