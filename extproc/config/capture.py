@@ -25,7 +25,9 @@ and the per-attempt filter on the mirror's cluster is the one that sees the shad
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from extproc.config.check import Checker, join_path
 from extproc.config.tiers import Tier
@@ -102,31 +104,34 @@ def compile_capture(
     if chosen and not response_processing:
         raise check.fail("capture", "needs telemetry.response_processing: true")
     header = check.string(spec.get("segment_header", ""), "capture.segment_header", empty=True)
+    integer = _integers(check, spec, "capture", defaults)
     return CaptureSettings(
         tiers=chosen,
         sample=check.percent(spec.get("sample", defaults.sample), "capture.sample"),
-        max_text_bytes=check.integer(
-            spec.get("max_text_bytes", defaults.max_text_bytes),
-            "capture.max_text_bytes",
-            minimum=256,
-        ),
+        max_text_bytes=integer("max_text_bytes", 256),
         join_timeout_s=check.number(
             spec.get("join_timeout_s", defaults.join_timeout_s),
             "capture.join_timeout_s",
             minimum=0.1,
         ),
-        max_pending=check.integer(
-            spec.get("max_pending", defaults.max_pending), "capture.max_pending", minimum=1
-        ),
-        queue_size=check.integer(
-            spec.get("queue_size", defaults.queue_size), "capture.queue_size", minimum=1
-        ),
-        retention_s=check.integer(
-            spec.get("retention_s", defaults.retention_s), "capture.retention_s", minimum=60
-        ),
+        max_pending=integer("max_pending", 1),
+        queue_size=integer("queue_size", 1),
+        retention_s=integer("retention_s", 60),
         segment_header=header.strip().lower(),
         sink=_compile_sink(check, spec.get("sink")),
     )
+
+
+def _integers(
+    check: Checker, spec: dict[str, Any], path: str, defaults: object
+) -> Callable[[str, int], int]:
+    """`integer(key, minimum)`: the key's value (or its default), checked."""
+
+    def integer(key: str, minimum: int) -> int:
+        value = spec.get(key, getattr(defaults, key))
+        return check.integer(value, join_path(path, key), minimum=minimum)
+
+    return integer
 
 
 def _compile_sink(check: Checker, value: object) -> SinkSettings:
@@ -135,6 +140,7 @@ def _compile_sink(check: Checker, value: object) -> SinkSettings:
     path = "capture.sink"
     spec = check.mapping(value, path, _SINK_KEYS)
     defaults = SinkSettings()
+    integer = _integers(check, spec, path, defaults)
     kind = check.choice(
         spec.get("kind", defaults.kind), join_path(path, "kind"), ("jsonl", "redis")
     )
@@ -144,16 +150,10 @@ def _compile_sink(check: Checker, value: object) -> SinkSettings:
     return SinkSettings(
         kind=kind,
         path=check.string(spec.get("path", defaults.path), join_path(path, "path")),
-        max_bytes=check.integer(
-            spec.get("max_bytes", defaults.max_bytes), join_path(path, "max_bytes"), minimum=1024
-        ),
-        backups=check.integer(spec.get("backups", defaults.backups), join_path(path, "backups")),
+        max_bytes=integer("max_bytes", 1024),
+        backups=integer("backups", 0),
         url=url,
         stream=check.string(spec.get("stream", defaults.stream), join_path(path, "stream")),
-        max_len=check.integer(
-            spec.get("max_len", defaults.max_len), join_path(path, "max_len"), minimum=1
-        ),
-        timeout_ms=check.integer(
-            spec.get("timeout_ms", defaults.timeout_ms), join_path(path, "timeout_ms"), minimum=1
-        ),
+        max_len=integer("max_len", 1),
+        timeout_ms=integer("timeout_ms", 1),
     )

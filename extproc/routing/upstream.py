@@ -10,6 +10,8 @@ Per attempt it
   (`Observer.fell_back`; shadow copies from a mirror policy are not fallbacks);
 - with `server.rewrite_model`, sets the body's `model` to the host's model and a matching
   `content-length` (a retry moved from strong to weak must ask weak for weak's model).
+- with `capture:`, asks Envoy for the answer of a mirrored shadow copy whose primary is waiting
+  and hands it to the pair joiner (`extproc/routing/capture_upstream.py`).
 
 Anything unexpected (no metadata, a body that is not JSON) leaves the attempt unchanged.
 """

@@ -55,17 +55,19 @@ class Summary:
     unjudged: Counter[str] = field(default_factory=Counter)
     outcomes: Counter[str] = field(default_factory=Counter)
     labels: Counter[str] = field(default_factory=Counter)
-    by_lang: dict[str, Counter[str]] = field(default_factory=dict)
     #: pairs sampled for the swap check; of them judged both ways; of those, in agreement
     swap_asked: int = 0
     swap_both: int = 0
     swap_agree: int = 0
+    #: outcomes by the request's dominant script
+    by_lang: dict[str, Counter[str]] = field(default_factory=dict)
     #: verdicts, and of them the ones where the answer shown first won (position bias)
     first_shown: int = 0
     first_won: int = 0
     #: HTTP requests to the judge (retries included) and the retries alone
     requests: int = 0
     retries: int = 0
+    warnings: list[str] = field(default_factory=list)
     #: tokens the judge reported, and their cost (when `priced`)
     tokens_in: int = 0
     tokens_out: int = 0
@@ -74,7 +76,6 @@ class Summary:
     #: why the run stopped early ("" when it did not)
     stopped: str = ""
     seconds: float = 0.0
-    warnings: list[str] = field(default_factory=list)
 
     def add(self, result: Result, budget: Budget) -> None:
         self.requests += result.requests
