@@ -203,3 +203,22 @@ def test_unusable_sides_are_reasons() -> None:
     pairs = list(read_pairs(io.BytesIO(failed + same), PairStats()))
     assert "primary unusable (status 503" in (pairs[0].missing_reason() or "")
     assert pairs[1].missing_reason() == "both sides from the same tier"
+
+
+# -- client settings ---------------------------------------------------------------------------
+
+
+def test_backoff_grows_is_capped_and_honours_retry_after() -> None:
+    import random
+
+    from extproc.tuning.judge_client import Endpoint, RetryPolicy, check_url
+
+    policy = RetryPolicy(retries=5, base=0.5, max_backoff=3.0)
+    rng = random.Random(0)
+    delays = [policy.delay(attempt, None, rng) for attempt in range(1, 6)]
+    assert 0.25 <= delays[0] <= 0.75 and delays[1] <= 1.5 and max(delays) <= 3.0
+    assert delays[-1] == 3.0
+    assert policy.delay(1, 2.0, rng) == 2.0 and policy.delay(1, 120.0, rng) == 3.0
+    assert Endpoint("http://h:1/v1", "m").chat_url == "http://h:1/v1/chat/completions"
+    assert Endpoint("http://h:1/x/chat/completions/", "m").chat_url.endswith("/x/chat/completions")
+    assert check_url("ftp://h/") and check_url("http:///v1") and not check_url("https://h/v1")
