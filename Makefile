@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # Debian packages the test suite starts for real (installed when missing, needs root or sudo).
-SYSTEM_PACKAGES ?= prometheus redis-server openssl
+SYSTEM_PACKAGES ?= prometheus prometheus-pushgateway redis-server openssl
 
 .PHONY: install sysdeps lint typecheck test test-unit test-e2e demo bench bench-gateway clean protos render
 

@@ -44,6 +44,12 @@ def register(sub: Any) -> None:
         action="store_true",
         help="Answer 404 model_not_found for a model not given with --model.",
     )
+    parser.add_argument(
+        "--judge",
+        choices=("fair", "first"),
+        help="Answer as a pairwise judge for `cascade judge` (docs/mock-backends.md; "
+        "default: answer as a model).",
+    )
     parser.add_argument("--quiet", action="store_true", help="No per-request log lines.")
     parser.set_defaults(func=run_mock_backend)
 
@@ -68,6 +74,7 @@ def run_mock_backend(args: argparse.Namespace) -> int:
             stream_delay_ms=args.stream_delay_ms,
             stream_chunks=args.stream_chunks,
             strict_models=args.strict_models,
+            judge=args.judge,
         )
     except ValueError as exc:
         print(f"cascade: {exc}", file=sys.stderr)

@@ -33,6 +33,7 @@ from extproc.services.api import SERVICE as CASCADE_SERVICE
 from extproc.services.api import CascadeApi, add_to_server, h2_methods
 from extproc.services.auth import Authenticator, parse_tokens
 from extproc.telemetry.metrics import Metrics, MetricsServer
+from extproc.telemetry.pair_sink import start_capture
 from extproc.telemetry.recorder import Recorder
 from extproc.telemetry.tracing import Tracing
 from extproc.transport.grpcio import ExternalProcessor
@@ -111,6 +112,12 @@ class CascadeServer:
             if settings.enabled and settings.backend == "redis"
             else None
         )
+        # mirrored-pair capture (`capture:`; its sink is fixed at start, like the decision log)
+        self.pairs = start_capture(
+            self.store.current.capture, self.recorder.redact, self.metrics.registry
+        )
+        if self.pairs is not None:
+            self.servicer.pairs = self.pairs.joiner
         self.api = CascadeApi(
             lambda: self.store.current, self.recorder, _authenticator(options), cache=self.cache
         )
@@ -276,6 +283,9 @@ class CascadeServer:
         await self.recorder.stop()
         if self.cache_sync is not None:
             await self.cache_sync.stop()
+        if self.pairs is not None:
+            self.pairs.joiner.drain()  # the streams are closed: no side will come now
+            self.pairs.close()
         if self.metrics_server is not None:
             self.metrics_server.stop()
         logger.info("stopped")

@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "extproc.cli.tuning",
     "extproc.cli.train",
     "extproc.cli.cache",
+    "extproc.cli.judge",
 )
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from extproc.config.cache import CacheSettings, compile_cache
+from extproc.config.capture import CaptureSettings, compile_capture
 from extproc.config.check import Checker, join_path
 from extproc.config.classifiers import (
     DEFAULT_TRIGGERS,
@@ -114,6 +115,7 @@ class Snapshot:
     envoy: EnvoySettings = field(default_factory=EnvoySettings)
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
     cache: CacheSettings = field(default_factory=CacheSettings)
+    capture: CaptureSettings = field(default_factory=CaptureSettings)
     raw: Mapping[str, Any] = field(repr=False, compare=False, default_factory=dict)
 
     def tier(self, name: str) -> Tier:
@@ -155,6 +157,7 @@ _TOP_KEYS = {
     "envoy",
     "telemetry",
     "cache",
+    "capture",
 }
 
 
@@ -240,6 +243,16 @@ def _compile_sections(check: Checker, top: dict[str, Any], present: set[str]) ->
         lambda: compile_telemetry(check, top.get("telemetry")), TelemetrySettings()
     )
     cache = check.attempt(lambda: compile_cache(check, top.get("cache")), CacheSettings())
+    capture = check.attempt(
+        lambda: compile_capture(
+            check,
+            top.get("capture"),
+            tiers,
+            rewrite_model=server.rewrite_model,
+            response_processing=telemetry.response_processing,
+        ),
+        CaptureSettings(),
+    )
     if check.errors:
         return None
     return Snapshot(
@@ -254,6 +267,7 @@ def _compile_sections(check: Checker, top: dict[str, Any], present: set[str]) ->
         envoy=envoy,
         telemetry=telemetry,
         cache=cache,
+        capture=capture,
         raw=top,
     )
 

@@ -81,6 +81,8 @@ def forwarded_headers(snapshot: Snapshot, *extra: str) -> dict[str, Any]:
         names.append(snapshot.canary.key_header)
     if snapshot.cache.enabled:  # the tenant identity (only an HMAC of it is kept), Cache-Control
         names.extend(snapshot.cache.headers)
+    if snapshot.capture.segment_header:
+        names.append(snapshot.capture.segment_header)
     unique = list(dict.fromkeys(name.lower() for name in names))
     return {
         "allowed_headers": {
@@ -167,6 +169,8 @@ def upstream_ext_proc_filter(snapshot: Snapshot, *, rewrite: bool) -> dict[str, 
                 "allow_expression": {"regex": "^(x-cascade-.*|content-length)$"},
             },
             "stat_prefix": "cascade_upstream",
+            # pair capture reads a shadow copy's answer (extproc/routing/capture_upstream.py)
+            **({"allow_mode_override": True} if snapshot.capture.enabled else {}),
         },
     }
 

@@ -18,6 +18,7 @@ audited request (a would-be hit sent to the backend anyway) compares the two ans
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -32,6 +33,9 @@ from extproc.core.cache_key import CacheKeys, request_keys, tenant_of
 from extproc.core.chat import ChatRequest
 from extproc.core.similarity import Shingled, cosine, normalize, shingle
 from extproc.routing.cache_store import CacheStore, Entry
+from extproc.routing.observer import RequestInfo
+
+logger = logging.getLogger(__name__)
 
 #: request header set on every cached-path request; Envoy's route copies it to the response
 HEADER = headers.CACHE
@@ -265,3 +269,63 @@ def _agree(stored: str, fresh: str) -> bool:
     if left == right:
         return True
     return cosine(shingle(left).grams, shingle(right).grams) >= AUDIT_AGREEMENT
+
+
+class CachePath:
+    """One request's use of the cache, held by `RequestProcessor`; no method raises."""
+
+    __slots__ = ("_completed", "cache", "settings", "ticket")
+
+    def __init__(self, cache: CacheStore, settings: CacheSettings) -> None:
+        self.cache = cache
+        self.settings = settings
+        self.ticket: CacheTicket | None = None
+        #: (status, complete, streamed, tier) of an answer waiting to be stored
+        self._completed: tuple[int, bool, bool, str] | None = None
+
+    def look_up(
+        self, chat: ChatRequest, info: RequestInfo, version: str
+    ) -> tuple[pb.ProcessingResponse | None, str]:
+        """The hit's answer or None, and the `x-cascade-cache` value."""
+        try:
+            hit, self.ticket, status = lookup(
+                self.cache, self.settings, chat, info.headers, version, info.request_id
+            )
+        except Exception:  # a bug in the cache must not cost the request: a counted miss
+            self.cache.count("lookup_error")
+            logger.exception("cache lookup failed (request %r)", info.request_id)
+            return None, "error"
+        return hit, status
+
+    def feed(self, chunk: bytes) -> None:
+        if self.ticket is not None:
+            self.ticket.feed(chunk, self.settings.max_entry_bytes)
+
+    def finished(self, status: int, complete: bool, streamed: bool, tier: str) -> None:
+        if self.ticket is not None:
+            self._completed = (status, complete, streamed, tier)
+
+    @property
+    def pending(self) -> bool:
+        return self._completed is not None
+
+    def store(self) -> None:
+        """Store the completed answer (nothing before the answer has completed)."""
+        ticket, completed = self.ticket, self._completed
+        if ticket is None or completed is None:
+            return
+        self.ticket = self._completed = None
+        status, complete, streamed, tier = completed
+        try:
+            store_answer(
+                self.cache,
+                self.settings,
+                ticket,
+                status=status,
+                complete=complete,
+                streamed=streamed,
+                tier=tier,
+            )
+        except Exception:  # a bug must not cost the request: counted, logged, not stored
+            self.cache.count("store_error")
+            logger.exception("cache store failed")

@@ -31,8 +31,9 @@ from extproc.core.classify import RULE_ERROR, RULE_UNPARSED, Decision, classify
 from extproc.core.excerpt import retry_excerpt
 from extproc.routing import mutations
 from extproc.routing.cache import HEADER as CACHE_HEADER
-from extproc.routing.cache import CacheTicket, lookup, store_answer
+from extproc.routing.cache import CachePath
 from extproc.routing.cache_store import CacheStore
+from extproc.routing.capture import PairJoiner, PrimaryTap
 from extproc.routing.choice import choose_classifier, fallback_decision
 from extproc.routing.headermap import header_map
 from extproc.routing.observer import (
@@ -64,18 +65,18 @@ _EMPTY_INFO = RequestInfo()
 class RequestProcessor:
     __slots__ = (
         "_body",
+        "_cache",
         "_cascade_headers",
         "_finished",
         "_local",
         "_pending",
         "_response",
-        "_store",
-        "_ticket",
-        "cache",
+        "_tap",
         "decided",
         "done",
         "info",
         "observer",
+        "pairs",
         "phase",
         "snapshot",
         "trace",
@@ -86,14 +87,19 @@ class RequestProcessor:
         snapshot: Snapshot,
         observer: Observer | None = None,
         cache: CacheStore | None = None,
+        pairs: PairJoiner | None = None,
     ) -> None:
         self.snapshot = snapshot
         self.observer: Observer = observer or NullObserver()
-        #: the response cache (`extproc.routing.cache`), used when the config enables it
-        self.cache = cache if snapshot.cache.enabled else None
-        self._ticket: CacheTicket | None = None
-        #: an answer to store once the last chunk's answer is written: (status, complete, sse, tier)
-        self._store: tuple[int, bool, bool, str] | None = None
+        #: this request's way through the response cache, when the config enables it
+        self._cache = (
+            CachePath(cache, snapshot.cache)
+            if cache is not None and snapshot.cache.enabled
+            else None
+        )
+        #: mirrored-pair capture (`capture:`); None when off
+        self.pairs = pairs
+        self._tap: PrimaryTap | None = None
         self.phase = Phase.AWAIT_HEADERS
         self.info = _EMPTY_INFO
         self.trace = NO_TRACE
@@ -129,12 +135,12 @@ class RequestProcessor:
     @property
     def pending(self) -> bool:
         """Something to report once the last answer is written (`after_answer`)."""
-        return self._pending is not None or self._store is not None
+        return self._pending is not None or (self._cache is not None and self._cache.pending)
 
     def after_answer(self) -> None:
         """Report what the last answer decided; the transport calls it once the answer is sent."""
-        if self._store is not None:
-            self._store_answer()
+        if self._cache is not None:
+            self._cache.store()  # an answer completed: stored after its last chunk was answered
         pending = self._pending
         if pending is None:
             return
@@ -212,7 +218,7 @@ class RequestProcessor:
 
     def _spoofed(self) -> list[str]:
         owned: tuple[str, ...] = (headers.TIER, headers.CLASSIFIER, headers.REASON)
-        if self.cache is not None:
+        if self._cache is not None:
             owned = (*owned, CACHE_HEADER)
         return [name for name in self._cascade_headers if name not in owned]
 
@@ -227,6 +233,8 @@ class RequestProcessor:
     ) -> pb.ProcessingResponse:
         self.phase = Phase.DECIDED
         self.decided = self._facts(decision, seconds, chat)
+        if self.pairs is not None and chat is not None:
+            self._tap = self.pairs.primary_tap(self.snapshot, self.info, decision, chat)
         if self._pending is None:
             self._pending = self.decided
         extra = self.trace.propagation
@@ -260,8 +268,8 @@ class RequestProcessor:
             decision = fallback_decision(snapshot, classifier.version, RULE_UNPARSED)
             return self._routed("request_body", decision, time.perf_counter() - started)
         cache = ""
-        if self.cache is not None:
-            hit, cache = self._look_up(chat, classifier.version)
+        if self._cache is not None:
+            hit, cache = self._cache.look_up(chat, info, classifier.version)
             if hit is not None:  # answered from the cache: no classification, no upstream
                 self.done = self._finished = True
                 self.phase = Phase.DECIDED
@@ -280,21 +288,6 @@ class RequestProcessor:
             new_body = None
         seconds = time.perf_counter() - started
         return self._routed("request_body", decision, seconds, chat, new_body, cache)
-
-    def _look_up(self, chat: ChatRequest, version: str) -> tuple[pb.ProcessingResponse | None, str]:
-        """The cache's answer (a hit) or None, and the `x-cascade-cache` value; never raises."""
-        cache = self.cache
-        assert cache is not None
-        info = self.info
-        try:
-            hit, self._ticket, status = lookup(
-                cache, self.snapshot.cache, chat, info.headers, version, info.request_id
-            )
-        except Exception:  # a bug in the cache must not cost the request: a counted miss
-            cache.count("lookup_error")
-            logger.exception("cache lookup failed (request %r)", info.request_id)
-            return None, "error"
-        return hit, status
 
     def _rewrite_model(self, chat: ChatRequest, decision: Decision) -> bytes | None:
         if not self.snapshot.server.rewrite_model:
@@ -330,8 +323,10 @@ class RequestProcessor:
         if tracker is not None:
             message = request.response_body
             tracker.on_body(message.body)
-            if self._ticket is not None:
-                self._ticket.feed(message.body, self.snapshot.cache.max_entry_bytes)
+            if self._cache is not None:
+                self._cache.feed(message.body)
+            if self._tap is not None:
+                self._tap.feed(message.body)
             if message.end_of_stream:
                 self._finish(tracker, complete=True)
         return mutations.EMPTY_RESPONSE_BODY
@@ -343,29 +338,17 @@ class RequestProcessor:
         tier = decided.decision.tier if decided is not None else ""
         response = tracker.facts(self.snapshot, tier, complete=complete)
         self.observer.finished(self.info, decided, response, self.trace)
-        if self._ticket is not None:
-            served = response.served_tier or tier
-            self._store = (response.status, complete, tracker.meter.streamed, served)
-
-    def _store_answer(self) -> None:
-        ticket, stored = self._ticket, self._store
-        self._ticket = self._store = None
-        if ticket is None or stored is None or self.cache is None:
-            return
-        status, complete, streamed, tier = stored
-        try:
-            store_answer(
-                self.cache,
-                self.snapshot.cache,
-                ticket,
-                status=status,
+        if self._cache is not None:
+            streamed = tracker.meter.streamed
+            self._cache.finished(response.status, complete, streamed, response.served_tier or tier)
+        if self._tap is not None:
+            self._tap.status = response.status
+            self._tap.done(
                 complete=complete,
-                streamed=streamed,
-                tier=tier,
+                tokens_in=response.tokens_in,
+                tokens_out=response.tokens_out,
+                model=response.model,
             )
-        except Exception:  # a bug must not cost the request: counted, logged, not stored
-            self.cache.count("store_error")
-            logger.exception("cache store failed (request %r)", self.info.request_id)
 
     def _answered_locally(self, status: int) -> None:
         """The server answers the client itself (no upstream): reported as finished."""
@@ -381,7 +364,8 @@ class RequestProcessor:
         tracker = self._response
         if tracker is not None:
             self._finish(tracker, complete=False)
-            self._store_answer()
+            if self._cache is not None:
+                self._cache.store()
             return
         self._finished = True
         response = ResponseInfo(served_tier=decided.decision.tier, ended=time.perf_counter())

@@ -10,6 +10,8 @@ Per attempt it
   (`Observer.fell_back`; shadow copies from a mirror policy are not fallbacks);
 - with `server.rewrite_model`, sets the body's `model` to the host's model and a matching
   `content-length` (a retry moved from strong to weak must ask weak for weak's model).
+- with `capture:`, asks Envoy for the answer of a mirrored shadow copy whose primary is waiting
+  and hands it to the pair joiner (`extproc/routing/capture_upstream.py`).
 
 Anything unexpected (no metadata, a body that is not JSON) leaves the attempt unchanged.
 """
@@ -26,6 +28,8 @@ from extproc.config.snapshot import Snapshot
 from extproc.core import headers
 from extproc.routing import mutations
 from extproc.routing.attributes import host_of
+from extproc.routing.capture import PairJoiner, ShadowTap
+from extproc.routing.capture_upstream import SHADOW_KINDS, SHADOW_MODE, shadow_response
 from extproc.routing.headermap import header_map
 from extproc.routing.observer import NullObserver, Observer, RequestInfo
 
@@ -52,11 +56,29 @@ def _content_length(length: int) -> pb.CommonResponse:
 class UpstreamProcessor:
     """One attempt's stream. Same contract as `RequestProcessor`: `handle` never raises."""
 
-    __slots__ = ("decided", "done", "host_model", "host_tier", "info", "observer", "snapshot")
+    __slots__ = (
+        "decided",
+        "done",
+        "host_model",
+        "host_tier",
+        "info",
+        "observer",
+        "pairs",
+        "shadow",
+        "snapshot",
+    )
 
-    def __init__(self, snapshot: Snapshot, observer: Observer | None = None) -> None:
+    def __init__(
+        self,
+        snapshot: Snapshot,
+        observer: Observer | None = None,
+        pairs: PairJoiner | None = None,
+    ) -> None:
         self.snapshot = snapshot
         self.observer: Observer = observer or NullObserver()
+        #: mirrored-pair capture (`capture:`): the tap of a captured shadow copy
+        self.pairs = pairs
+        self.shadow: ShadowTap | None = None
         self.info = RequestInfo()
         self.done = False
         self.decided = ""
@@ -70,6 +92,8 @@ class UpstreamProcessor:
                 return self.on_request_headers(request)
             if kind == "request_body":
                 return self.on_request_body(request.request_body)
+            if self.shadow is not None and kind in SHADOW_KINDS:
+                return shadow_response(self.shadow, request)
         except Exception:
             logger.exception("upstream %s handling failed (request %s)", kind, self.info.request_id)
         return mutations.EMPTY_BY_KIND.get(kind, mutations.EMPTY_REQUEST_HEADERS)
@@ -99,6 +123,12 @@ class UpstreamProcessor:
                 info.request_id,
             )
             self.observer.fell_back(self.decided, self.host_tier, info)
+        if self.pairs is not None and headers.SHADOW_OF in values:
+            self.shadow = self.pairs.shadow_tap(
+                self.snapshot, info.request_id, self.host_tier, self.host_model
+            )
+            if self.shadow is not None:
+                return SHADOW_MODE
         return mutations.EMPTY_REQUEST_HEADERS
 
     def on_request_body(self, message: pb.HttpBody) -> pb.ProcessingResponse:
@@ -141,3 +171,5 @@ class UpstreamProcessor:
 
     def close(self) -> None:
         """The stream ended (same interface as `RequestProcessor`)."""
+        if self.shadow is not None:
+            self.shadow.done(complete=False)

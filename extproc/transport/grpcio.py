@@ -19,6 +19,7 @@ from extproc.config.drift import RoutesGuard
 from extproc.config.snapshot import Snapshot
 from extproc.core import headers
 from extproc.routing.cache_store import CacheStore
+from extproc.routing.capture import PairJoiner
 from extproc.routing.observer import Observer
 from extproc.routing.processor import RequestProcessor
 from extproc.routing.upstream import UpstreamProcessor
@@ -41,12 +42,16 @@ def metadata_value(
 
 
 def open_processor(
-    snapshot: Snapshot, observer: Observer | None, role: str, cache: CacheStore | None = None
+    snapshot: Snapshot,
+    observer: Observer | None,
+    role: str,
+    cache: CacheStore | None = None,
+    pairs: PairJoiner | None = None,
 ) -> RequestProcessor | UpstreamProcessor:
     """The processor for a new stream: per-attempt (`upstream` role) or the classifier."""
     if role == headers.ROLE_UPSTREAM:  # per-attempt filter on a cluster
-        return UpstreamProcessor(snapshot, observer)
-    return RequestProcessor(snapshot, observer, cache)
+        return UpstreamProcessor(snapshot, observer, pairs)
+    return RequestProcessor(snapshot, observer, cache, pairs)
 
 
 def _after_write(callback: Callable[[], None]) -> None:
@@ -69,6 +74,7 @@ class ExtProcSession:
             owner.observer,
             metadata.get(headers.ROLE_METADATA, ""),
             owner.cache,
+            owner.pairs,
         )
         owner.in_flight += 1
 
@@ -109,6 +115,8 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
         self.cache = cache
         #: picks the snapshot Envoy can route (extproc/config/drift.py); None: always current
         self.routes = routes
+        #: the mirrored-pair joiner when `capture:` is on (set by the app)
+        self.pairs: PairJoiner | None = None
         #: streams currently open (read by shutdown and metrics)
         self.in_flight = 0
 
@@ -128,6 +136,7 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
             self.observer,
             role_of(context),
             self.cache,
+            self.pairs,
         )
         self.in_flight += 1
         try:

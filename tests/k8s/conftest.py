@@ -25,6 +25,7 @@ KUSTOMIZATIONS = {
     "kgateway-tls": K8S / "overlays" / "kgateway-tls",
     "monitoring": K8S / "monitoring",
     "mock-backends": K8S / "examples" / "mock-backends",
+    "quality-loop": K8S / "examples" / "quality-loop",
 }
 #: The overlays that route traffic (each has the classifier in it).
 ROUTING_OVERLAYS = ("kgateway", "envoy", "canary", "kgateway-tls", "envoy-mtls")

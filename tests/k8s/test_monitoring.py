@@ -44,8 +44,17 @@ HISTOGRAMS = {
     "cascade_ttft_seconds",
     "cascade_response_duration_seconds",
 }
+#: What `cascade judge --push-gateway` pushes (extproc/tuning/judge_metrics.py), not the server.
+JUDGE_EXPORTED = {
+    "cascade_judge_verdicts_total",
+    "cascade_judge_swap_checks_total",
+    "cascade_judge_unjudged",
+    "cascade_judge_last_run_cost",
+    "cascade_judge_last_run_timestamp_seconds",
+}
 EXPORTED = (
     COUNTERS_AND_GAUGES
+    | JUDGE_EXPORTED
     | {f"{name}{suffix}" for name in HISTOGRAMS for suffix in ("_bucket", "_sum", "_count")}
     | {"up"}
 )
@@ -130,7 +139,7 @@ def test_promtool_check_rules(rules_dir: Path) -> None:
 @requires_promtool
 def test_promtool_unit_tests(rules_dir: Path) -> None:
     tests = sorted(p.name for p in rules_dir.glob("*_test.yaml"))
-    assert tests == ["budget_test.yaml", "routing_test.yaml"]
+    assert tests == ["budget_test.yaml", "quality_test.yaml", "routing_test.yaml"]
     result = promtool("test", "rules", *tests, cwd=rules_dir)
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -156,6 +165,8 @@ def test_every_alert_is_unit_tested_firing_and_silent() -> None:
         "CascadeMisrouteRateHigh",
         "CascadeClassifierErrors",
         "CascadeRoutesOutOfSync",
+        "CascadeJudgedLossRateHigh",
+        "CascadeJudgedLossRateRising",
     }
     firing: set[str] = set()
     silent: set[str] = set()
@@ -257,6 +268,15 @@ def test_dashboard_queries_parse(tmp_path: Path) -> None:
     (tmp_path / "dashboard.yaml").write_text(yaml.safe_dump({"groups": [group]}))
     result = promtool("check", "rules", "dashboard.yaml", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_judge_names_match_cascade_judge() -> None:
+    from extproc.tuning import judge_metrics
+
+    defined = {
+        v for v in vars(judge_metrics).values() if isinstance(v, str) and v.startswith("cascade_")
+    }
+    assert defined == JUDGE_EXPORTED
 
 
 def test_exported_names_match_the_server() -> None:

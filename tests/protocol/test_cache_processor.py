@@ -182,7 +182,7 @@ def test_a_failing_lookup_is_a_counted_miss(monkeypatch: pytest.MonkeyPatch) -> 
     def broken(*args: object) -> None:
         raise RuntimeError("bug")
 
-    monkeypatch.setattr("extproc.routing.processor.lookup", broken)
+    monkeypatch.setattr("extproc.routing.cache.lookup", broken)
     store = CacheStore()
     _, routed = ask(snapshot(), store, chat_body("hello", temperature=0))
     assert set_headers(routed)["x-cascade-tier"] == "weak"

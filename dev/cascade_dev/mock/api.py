@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -14,6 +15,7 @@ from aiohttp import web
 from cascade_dev.mock import answers, controls
 from cascade_dev.mock.answers import Reply, error_body
 from cascade_dev.mock.faults import NORMAL, Fault
+from cascade_dev.mock.judge import judge_reply
 from cascade_dev.mock.wire import RequestHead, json_response, stream_response
 
 if TYPE_CHECKING:
@@ -100,6 +102,8 @@ class _Answer:
             return self.json(404, body)
         top = controls.top_logprobs(payload)
         messages = payload["messages"]
+        if backend.judge is not None and fault.content is None and fault.refusal is None:
+            return replace(judge_reply(messages, backend.judge), top_logprobs=top)
         text = fault.refusal if fault.refusal is not None else fault.content
         if text is None:
             model = self.model or backend.models[0]

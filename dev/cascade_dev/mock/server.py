@@ -18,6 +18,7 @@ from cascade_dev.mock import controls
 from cascade_dev.mock.answers import error_body
 from cascade_dev.mock.api import answer_api
 from cascade_dev.mock.faults import MAX_DELAY_MS, MAX_STREAM_CHUNKS, FaultSpec
+from cascade_dev.mock.judge import JUDGE_MODES
 from cascade_dev.mock.state import BackendState, RecordedRequest
 from cascade_dev.mock.wire import (
     BodyTooLarge,
@@ -62,6 +63,7 @@ class MockBackend:
         path_prefix: str = "",
         max_body_bytes: int = 32 * 1024 * 1024,
         max_recorded: int = 10_000,
+        judge: str | None = None,
     ) -> None:
         """`tls`: serve HTTPS with this server context (its `sni_callback` is replaced to record
         the SNI of each connection); `path_prefix`: the API lives under it, like a hosted
@@ -89,6 +91,10 @@ class MockBackend:
         self.stream_delay_ms = stream_delay_ms
         self.stream_chunks = stream_chunks
         self.strict_models = strict_models
+        if judge is not None and judge not in JUDGE_MODES:
+            raise ValueError(f"judge must be one of {', '.join(JUDGE_MODES)}")
+        #: answer every chat request as a pairwise judge (cascade_dev.mock.judge), or not
+        self.judge = judge
         self.max_body_bytes = max_body_bytes
         self.tls = tls
         self.path_prefix = path_prefix

@@ -1,0 +1,195 @@
+"""Routed request latency through Envoy with mirror + pair capture on and off.
+
+    .venv/bin/python bench/bench_capture.py [--requests 300] [--warmup 30]
+
+Starts on 127.0.0.1 (ports chosen at run time): one mock backend per tier, and three stacks of
+`cascade serve` + Envoy rendered from the same config but for:
+
+- `plain`: no mirror, no capture;
+- `mirror`: every weak request mirrored to strong (`tiers[].mirror.percent: 100`), no capture;
+- `capture`: the same mirror with `capture: {tiers: [weak]}` (JSONL sink in a temporary
+  directory): the shadow's answer read on the per-attempt role, the primary's on the response
+  path, joined, redacted and written by the writer thread.
+
+`telemetry.response_processing` and `server.rewrite_model` are on in all three (capture needs
+them), so the difference is the mirror and the capture alone. Requests (non-streamed, a short
+weak-routed prompt) alternate between the stacks so each sees the same machine noise; each is
+timed from sending the request to the last byte of the answer at the client. Prints p50, p90,
+p99 per mode, the pairs written, and the differences of the medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import http.client
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from bench_ttft import percentile, start_envoy, wait
+from cascade_dev.mock_backend import MockBackend, MockBackendThread
+
+from extproc.config.snapshot import DEFAULT_CONFIG, Backend, compile_config
+
+BIN = Path(sys.executable).parent
+BODY = json.dumps(
+    {"model": "auto", "messages": [{"role": "user", "content": "hello, how are you today?"}]}
+).encode()
+MODES = ("plain", "mirror", "capture")
+
+
+def config_for(mode: str, workdir: Path) -> dict[str, Any]:
+    document: dict[str, Any] = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    document["server"]["rewrite_model"] = True
+    document.setdefault("telemetry", {})["response_processing"] = True
+    if mode != "plain":
+        document["tiers"][0]["mirror"] = {"tier": "strong", "percent": 100}
+    if mode == "capture":
+        document["capture"] = {
+            "tiers": ["weak"],
+            "sink": {"kind": "jsonl", "path": str(workdir / "pairs.jsonl")},
+        }
+    return document
+
+
+def timed(conn: http.client.HTTPConnection) -> float:
+    started = time.perf_counter()
+    conn.request(
+        "POST", "/v1/chat/completions", body=BODY, headers={"content-type": "application/json"}
+    )
+    reply = conn.getresponse()
+    body = reply.read()
+    elapsed = time.perf_counter() - started
+    assert reply.status == 200 and body, reply.status
+    return elapsed
+
+
+def start_stack(
+    mode: str, workdir: Path, threads: list[MockBackendThread], processes: list[Any]
+) -> int:
+    """`cascade serve` and an Envoy for one mode; the Envoy listener's port."""
+    config = workdir / f"{mode}.yaml"
+    config.write_text(yaml.safe_dump(config_for(mode, workdir), allow_unicode=True))
+    port_file = workdir / f"{mode}.port"
+    serve = subprocess.Popen(
+        [str(BIN / "cascade"), "serve", "--config", str(config),
+         "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--log-level", "warning"],
+        env={**os.environ, "CASCADE_PORT_FILE": str(port_file)},
+    )  # fmt: skip
+    processes.append(serve)
+    wait(port_file.exists, 20, f"cascade serve ({mode})")
+    base = compile_config(config.read_text(), str(config))
+    tiers = tuple(
+        dataclasses.replace(
+            tier, backends=(Backend(address="127.0.0.1", port=t.port, model=tier.model),)
+        )
+        for tier, t in zip(base.tiers, threads, strict=True)
+    )
+    snapshot = dataclasses.replace(
+        base,
+        tiers=tiers,
+        envoy=dataclasses.replace(
+            base.envoy,
+            listen="127.0.0.1:0",
+            admin="127.0.0.1:0",
+            ext_proc=(f"127.0.0.1:{int(port_file.read_text())}",),
+        ),
+    )
+    process, port = start_envoy(workdir, f"envoy-{mode}", snapshot)
+    processes.append(process)
+    return port
+
+
+def measure(ports: dict[str, int], requests: int, warmup: int) -> dict[str, list[float]]:
+    conns = {
+        mode: http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        for mode, port in ports.items()
+    }
+    for _ in range(warmup):
+        for conn in conns.values():
+            timed(conn)
+    results: dict[str, list[float]] = {mode: [] for mode in MODES}
+    for index in range(requests):
+        shift = index % len(MODES)
+        for mode in MODES[shift:] + MODES[:shift]:
+            results[mode].append(timed(conns[mode]))
+    for conn in conns.values():
+        conn.close()
+    return results
+
+
+def count_pairs(sink: Path, expected: int) -> int:
+    deadline = time.monotonic() + 10
+    pairs = 0
+    while time.monotonic() < deadline:
+        pairs = len(sink.read_bytes().splitlines()) if sink.exists() else 0
+        if pairs >= expected:
+            break
+        time.sleep(0.1)
+    return pairs
+
+
+def report(results: dict[str, list[float]], pairs: int, mirrored: int, requests: int) -> None:
+    print(f"Routed request through Envoy, {requests} requests per mode (ms)")
+    print(f"{'mode':<36} {'p50':>7} {'p90':>7} {'p99':>7}")
+    labels = {
+        "plain": "no mirror",
+        "mirror": "mirror 100 % to strong",
+        "capture": "mirror 100 % + pair capture",
+    }
+    for mode in MODES:
+        values = [v * 1000 for v in results[mode]]
+        print(
+            f"{labels[mode]:<36} {statistics.median(values):7.3f} "
+            f"{percentile(values, 0.9):7.3f} {percentile(values, 0.99):7.3f}"
+        )
+    median = {mode: statistics.median(results[mode]) * 1000 for mode in MODES}
+    print(f"pairs written: {pairs} of {mirrored} mirrored requests")
+    print(f"added by the mirror, p50: {median['mirror'] - median['plain']:+.3f} ms")
+    added = median["capture"] - median["mirror"]
+    print(f"added by capture on top of the mirror, p50: {added:+.3f} ms")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=300, help="measured requests per mode")
+    parser.add_argument("--warmup", type=int, default=30)
+    args = parser.parse_args()
+    processes: list[subprocess.Popen[bytes]] = []
+    threads = [
+        MockBackendThread(MockBackend("weak", ["qwen3-4b"])),
+        MockBackendThread(MockBackend("strong", ["glm-5"])),
+    ]
+    with tempfile.TemporaryDirectory(prefix="bench-capture-") as tmp:
+        workdir = Path(tmp)
+        try:
+            for thread in threads:
+                thread.start()
+            ports = {mode: start_stack(mode, workdir, threads, processes) for mode in MODES}
+            results = measure(ports, args.requests, args.warmup)
+            mirrored = args.requests + args.warmup
+            pairs = count_pairs(workdir / "pairs.jsonl", mirrored)
+        finally:
+            for process in processes:
+                process.terminate()
+            for process in processes:
+                try:
+                    process.wait(10)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+            for thread in threads:
+                thread.stop()
+    report(results, pairs, mirrored, args.requests)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
