@@ -87,7 +87,7 @@ class Canary:
     rollout: Rollout = field(default_factory=Rollout)
 
 
-_RULE_KEYS = {"name", "kind", "tier", "keywords", "gt", "lt", "enabled"}
+_RULE_KEYS = {"name", "kind", "tier", "keywords", "gt", "lt", "enabled", "gate"}
 _SCORER_KEYS = {
     "name",
     "kind",
@@ -97,6 +97,7 @@ _SCORER_KEYS = {
     "strong_share",
     "abstain",
     "enabled",
+    "gate",
 }
 
 

@@ -37,6 +37,7 @@ from extproc.config.envoy import (
     RetrySettings,
     compile_envoy,
 )
+from extproc.config.gate import Gates, compile_gates
 from extproc.config.telemetry import (
     DecisionLogSettings,
     FeedbackSettings,
@@ -110,6 +111,8 @@ class Snapshot:
     server: ServerSettings
     envoy: EnvoySettings = field(default_factory=EnvoySettings)
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
+    #: the confidence gates (`extproc.config.gate`)
+    gates: Gates = field(default_factory=Gates)
     raw: Mapping[str, Any] = field(repr=False, compare=False, default_factory=dict)
 
     def tier(self, name: str) -> Tier:
@@ -150,6 +153,7 @@ _TOP_KEYS = {
     "server",
     "envoy",
     "telemetry",
+    "gate",
 }
 
 
@@ -201,6 +205,7 @@ def compile_document(document: object, source: str, digest: str = "") -> Snapsho
     server = _compile_server(check, top.get("server"))
     envoy = compile_envoy(check, top.get("envoy"))
     telemetry = compile_telemetry(check, top.get("telemetry"))
+    gates = compile_gates(check, top["tiers"], tiers, raw_classifiers, top.get("gate"))
     return Snapshot(
         source=source,
         digest=digest,
@@ -212,6 +217,7 @@ def compile_document(document: object, source: str, digest: str = "") -> Snapsho
         server=server,
         envoy=envoy,
         telemetry=telemetry,
+        gates=gates,
         raw=top,
     )
 

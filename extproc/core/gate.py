@@ -8,8 +8,8 @@ mild ones (a hedge) add up. Then:
 - confidence < `escalate_below` (default 0.70): escalate;
 - confidence >= `trust_above` (default 0.85): trusted;
 - in between, the `between` policy: `accept`, or `near_threshold` = escalate only when the
-  classifier's own score for the request (`x-cascade-score`, the calibrated probability that this
-  tier is not enough) was at least `near_score`.
+  classifier's own score for the request was near its threshold (`near`: a scorer step decided
+  with a calibrated probability within `near_margin` below its threshold; see `is_near`).
 
 The checks (names are the metric/decision-log `reason` values):
 
@@ -46,6 +46,7 @@ __all__ = [
     "Verdict",
     "answer_of",
     "decide",
+    "is_near",
     "judge",
     "request_of",
 ]
@@ -77,7 +78,7 @@ class GateSettings:
     trust_above: float = 0.85
     #: "accept" or "near_threshold"
     between: str = "accept"
-    near_score: float = 0.35
+    near_margin: float = 0.1
     #: check name -> weight; a check with weight 0 is off
     weights: Mapping[str, float] = field(default_factory=lambda: dict(CHECKS))
     #: compiled phrase lists (case-insensitive); None: the check finds nothing
@@ -313,10 +314,18 @@ def _logprobs(settings: GateSettings, values: Sequence[float], add: Any) -> None
         add(Finding("logprob_low", 0.0, f"{settings.logprob_quantile:g} quantile {low:.2f}"))
 
 
+def is_near(score: float | None, threshold: float | None, margin: float) -> bool:
+    """The classifier's probability that the tier is not enough was within `margin` of its
+    threshold (False for rule decisions, which have no score)."""
+    if score is None or threshold is None:
+        return False
+    return score >= threshold - margin
+
+
 def judge(
-    settings: GateSettings, request: GateRequest, answer: Answer, score: float | None = None
+    settings: GateSettings, request: GateRequest, answer: Answer, near: bool = False
 ) -> Verdict:
-    """Run every enabled check and decide. `score`: the classifier's `x-cascade-score`."""
+    """Run every enabled check and decide. `near`: see `is_near`."""
     weights = settings.weights
     findings = tuple(
         Finding(f.check, weight, f.detail)
@@ -327,16 +336,14 @@ def judge(
     for finding in findings:
         confidence *= 1.0 - min(1.0, finding.weight)
     confidence = round(confidence, 3)
-    escalate, band = decide(settings, confidence, score)
+    escalate, band = decide(settings, confidence, near)
     return Verdict(confidence, findings, escalate, band)
 
 
-def decide(settings: GateSettings, confidence: float, score: float | None) -> tuple[bool, str]:
+def decide(settings: GateSettings, confidence: float, near: bool = False) -> tuple[bool, str]:
     """(escalate, band) for a confidence."""
     if confidence < settings.escalate_below:
         return True, "low"
     if confidence >= settings.trust_above:
         return False, "trusted"
-    if settings.between == "near_threshold" and score is not None:
-        return score >= settings.near_score, "between"
-    return False, "between"
+    return settings.between == "near_threshold" and near, "between"

@@ -101,9 +101,15 @@ def test_a_hedge_alone_lands_between_and_is_accepted(hedge: str) -> None:
 def test_near_threshold_policy_escalates_between_only_when_the_score_was_close() -> None:
     settings = dataclasses.replace(SETTINGS, between="near_threshold")
     answer = Answer(content="I'm not sure, but " + GOOD, finish_reason="stop")
-    assert judge(settings, PLAIN, answer, score=0.40).escalate
-    assert not judge(settings, PLAIN, answer, score=0.10).escalate
-    assert not judge(settings, PLAIN, answer, score=None).escalate  # rule-decided: no score
+    assert judge(settings, PLAIN, answer, near=True).escalate
+    assert not judge(settings, PLAIN, answer, near=False).escalate
+    assert not judge(SETTINGS, PLAIN, answer, near=True).escalate  # policy accept
+
+
+def test_is_near() -> None:
+    assert gate.is_near(0.45, 0.5, 0.1)
+    assert not gate.is_near(0.30, 0.5, 0.1)
+    assert not gate.is_near(None, None, 0.1)  # a rule decided: no score
 
 
 def test_findings_compound() -> None:
