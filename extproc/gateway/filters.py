@@ -118,13 +118,17 @@ def body_filter(snapshot: Snapshot) -> dict[str, Any] | None:
     }
 
 
-def upstream_ext_proc_filter(snapshot: Snapshot, *, rewrite: bool) -> dict[str, Any]:
+def upstream_ext_proc_filter(
+    snapshot: Snapshot, *, rewrite: bool, gate: bool = False
+) -> dict[str, Any]:
     """The per-attempt (upstream) ext_proc: runs after the load balancer picked a host.
 
     The same server answers it in its upstream role (gRPC metadata `x-cascade-role: upstream`):
     it reads the host's metadata (`cascade.tier`, `cascade.model`), counts a fallback when the
     host's tier is not the decided one, and with `rewrite` sets the body's `model` to the
     host's model (a retry moved from strong to weak must not ask weak for the strong model).
+    With `gate` (a gated tier's aggregate) it reads every request body (the gate's request
+    facts) and may ask, per attempt, for the response (`allow_mode_override`).
     """
     settings = snapshot.envoy
     return {
@@ -140,13 +144,14 @@ def upstream_ext_proc_filter(snapshot: Snapshot, *, rewrite: bool) -> dict[str, 
             "message_timeout": duration(settings.message_timeout_ms),
             "processing_mode": {
                 "request_header_mode": "SEND",
-                "request_body_mode": "BUFFERED" if rewrite else "NONE",
+                "request_body_mode": "BUFFERED" if rewrite or gate else "NONE",
                 "response_header_mode": "SKIP",
                 "response_body_mode": "NONE",
                 "request_trailer_mode": "SKIP",
                 "response_trailer_mode": "SKIP",
             },
             "request_attributes": ["xds.upstream_host_metadata", "upstream.address"],
+            **({"allow_mode_override": True} if gate else {}),
             "mutation_rules": {
                 "disallow_all": True,
                 "allow_expression": {"regex": "^(x-cascade-.*|content-length)$"},
@@ -156,13 +161,13 @@ def upstream_ext_proc_filter(snapshot: Snapshot, *, rewrite: bool) -> dict[str, 
     }
 
 
-def upstream_filters(snapshot: Snapshot, *, rewrite: bool) -> dict[str, Any]:
+def upstream_filters(snapshot: Snapshot, *, rewrite: bool, gate: bool = False) -> dict[str, Any]:
     return {
         HTTP_PROTOCOL_OPTIONS: {
             "@type": TYPE + HTTP_PROTOCOL_OPTIONS,
             "explicit_http_config": {"http_protocol_options": {}},
             "http_filters": [
-                upstream_ext_proc_filter(snapshot, rewrite=rewrite),
+                upstream_ext_proc_filter(snapshot, rewrite=rewrite, gate=gate),
                 {
                     "name": "envoy.filters.http.upstream_codec",
                     "typed_config": {

@@ -29,7 +29,7 @@ from extproc.core import headers
 from extproc.core.chat import ChatRequest, parse_chat
 from extproc.core.classify import RULE_ERROR, RULE_UNPARSED, Decision, classify
 from extproc.core.excerpt import retry_excerpt
-from extproc.routing import mutations
+from extproc.routing import gate_attempt, mutations
 from extproc.routing.choice import choose_classifier, fallback_decision
 from extproc.routing.headermap import header_map
 from extproc.routing.observer import (
@@ -208,9 +208,8 @@ class RequestProcessor:
         self.decided = self._facts(decision, seconds, chat)
         if self._pending is None:
             self._pending = self.decided
-        return mutations.routed(
-            kind, decision, body=body, remove=self._spoofed(), extra=self.trace.propagation
-        )
+        extra = (*self.trace.propagation, *gate_attempt.marker(self.snapshot, decision, chat))
+        return mutations.routed(kind, decision, body=body, remove=self._spoofed(), extra=extra)
 
     def _facts(self, decision: Decision, seconds: float, chat: ChatRequest | None) -> DecisionInfo:
         if chat is None:

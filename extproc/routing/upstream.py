@@ -11,6 +11,9 @@ Per attempt it
 - with `server.rewrite_model`, sets the body's `model` to the host's model and a matching
   `content-length` (a retry moved from strong to weak must ask weak for weak's model).
 
+On a gated tier's attempts the confidence gate holds and judges the answer
+(`extproc.routing.gate_attempt`).
+
 Anything unexpected (no metadata, a body that is not JSON) leaves the attempt unchanged.
 """
 
@@ -26,6 +29,7 @@ from extproc.config.snapshot import Snapshot
 from extproc.core import headers
 from extproc.routing import mutations
 from extproc.routing.attributes import host_of
+from extproc.routing.gate_attempt import GateAttempt
 from extproc.routing.headermap import header_map
 from extproc.routing.observer import NullObserver, Observer, RequestInfo
 
@@ -52,7 +56,16 @@ def _content_length(length: int) -> pb.CommonResponse:
 class UpstreamProcessor:
     """One attempt's stream. Same contract as `RequestProcessor`: `handle` never raises."""
 
-    __slots__ = ("decided", "done", "host_model", "host_tier", "info", "observer", "snapshot")
+    __slots__ = (
+        "decided",
+        "done",
+        "gate",
+        "host_model",
+        "host_tier",
+        "info",
+        "observer",
+        "snapshot",
+    )
 
     def __init__(self, snapshot: Snapshot, observer: Observer | None = None) -> None:
         self.snapshot = snapshot
@@ -62,6 +75,7 @@ class UpstreamProcessor:
         self.decided = ""
         self.host_tier = ""
         self.host_model = ""
+        self.gate: GateAttempt | None = None
 
     def handle(self, request: pb.ProcessingRequest) -> pb.ProcessingResponse:
         kind = request.WhichOneof("request") or ""
@@ -70,6 +84,10 @@ class UpstreamProcessor:
                 return self.on_request_headers(request)
             if kind == "request_body":
                 return self.on_request_body(request.request_body)
+            if kind == "response_headers" and self.gate is not None:
+                return self.gate.on_response_headers(request.response_headers)
+            if kind == "response_body" and self.gate is not None:
+                return self.gate.on_response_body(request.response_body)
         except Exception:
             logger.exception("upstream %s handling failed (request %s)", kind, self.info.request_id)
         return mutations.EMPTY_BY_KIND.get(kind, mutations.EMPTY_REQUEST_HEADERS)
@@ -99,11 +117,16 @@ class UpstreamProcessor:
                 info.request_id,
             )
             self.observer.fell_back(self.decided, self.host_tier, info)
+        self.gate = GateAttempt.open(self.snapshot, values, self.host_tier, info, self.observer)
+        if self.gate is not None:
+            return self.gate.request_headers_answer()
         return mutations.EMPTY_REQUEST_HEADERS
 
     def on_request_body(self, message: pb.HttpBody) -> pb.ProcessingResponse:
         if not message.end_of_stream:
             return mutations.EMPTY_REQUEST_BODY
+        if self.gate is not None:
+            self.gate.on_request_body(message.body)
         body = self._rewritten(message.body)
         if body is not None:
             common = _content_length(len(body))

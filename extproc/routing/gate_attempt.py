@@ -1,0 +1,245 @@
+"""The confidence gate on the per-attempt (upstream) role: hold, judge, release or escalate.
+
+The classifier marks a request its tier's gate will judge (`x-cascade-gate: answer`, see
+`marker`); the per-attempt filter on the gated tier's aggregate cluster then, for the attempt
+on a gated tier,
+
+1. answers the request headers with a processing-mode override: response headers SEND and
+   response body BUFFERED, so Envoy holds the answer until the gate has decided (only this
+   attempt pays for it; every other attempt keeps the static SKIP/NONE modes);
+2. reads the request body (`response_format`, declared tools);
+3. at the end of the answer judges it (`extproc.core.gate.judge`): a passing answer is released
+   unchanged with `x-cascade-confidence`; a failing one gets `x-cascade-escalate`, which the
+   route's retry policy retries, one priority on: the next tier.
+
+The attempt that follows an escalation finds the request id in `ESCALATIONS` (a bounded table
+of this process) and sets `x-cascade-escalated: weak->strong` and the gated confidence on the
+client's answer. Anything odd (a non-200 status, a body that is not a completion, an encoded
+body) releases the answer unchanged and is counted as `skipped`.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import time
+
+import orjson
+from envoy.config.core.v3 import base_pb2
+from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2 as modes
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+
+from extproc.config.gate import TierGate
+from extproc.config.snapshot import Snapshot
+from extproc.core import headers
+from extproc.core.chat import ChatRequest
+from extproc.core.classify import Decision
+from extproc.core.gate import GateRequest, Verdict, answer_of, is_near, judge, request_of
+from extproc.routing import mutations
+from extproc.routing.observer import GateInfo, Observer, RequestInfo
+
+logger = logging.getLogger(__name__)
+
+_MODE = modes.ProcessingMode
+_OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+ANSWER = "answer"
+STREAM = "stream"
+NEAR = ";near"
+
+
+def marker(
+    snapshot: Snapshot, decision: Decision, chat: ChatRequest | None
+) -> tuple[tuple[str, str], ...]:
+    """The `x-cascade-gate` request header for a decision, or nothing when no gate applies."""
+    gates = snapshot.gates
+    if chat is None or not gates.applies(decision.tier, decision.classifier, decision.rule):
+        return ()
+    kind = STREAM if chat.document.get("stream") is True else ANSWER
+    gate = gates.tiers[decision.tier]
+    if is_near(decision.score, decision.threshold, gate.settings.near_margin):
+        kind += NEAR
+    return ((headers.GATE, kind),)
+
+
+class EscalationTable:
+    """request id -> (escalation `from->to`, confidence) for the attempt that follows; bounded in
+    entries (oldest dropped) and in age."""
+
+    def __init__(self, max_entries: int = 4096, max_age_s: float = 600.0) -> None:
+        self.max_entries = max_entries
+        self.max_age_s = max_age_s
+        self._entries: collections.OrderedDict[str, tuple[float, str, str]] = (
+            collections.OrderedDict()
+        )
+
+    def put(self, request_id: str, escalation: str, confidence: str) -> None:
+        if not request_id:
+            return
+        self._entries[request_id] = (time.monotonic(), escalation, confidence)
+        self._entries.move_to_end(request_id)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+    def pop(self, request_id: str) -> tuple[str, str] | None:
+        entry = self._entries.pop(request_id, None) if request_id else None
+        if entry is None or time.monotonic() - entry[0] > self.max_age_s:
+            return None
+        return entry[1], entry[2]
+
+
+ESCALATIONS = EscalationTable()
+
+
+def _set(name: str, value: str) -> base_pb2.HeaderValueOption:
+    return base_pb2.HeaderValueOption(
+        header=base_pb2.HeaderValue(key=name, raw_value=value.encode()), append_action=_OVERWRITE
+    )
+
+
+def _override(*, body: bool) -> pb.ProcessingResponse:
+    """The request-headers answer that asks for this attempt's response (headers; body held)."""
+    answer = pb.ProcessingResponse(request_headers=pb.HeadersResponse())
+    mode = answer.mode_override
+    mode.request_header_mode = _MODE.SEND
+    mode.request_body_mode = _MODE.BUFFERED  # the gated aggregate's static request mode
+    mode.response_header_mode = _MODE.SEND
+    mode.response_body_mode = _MODE.BUFFERED if body else _MODE.NONE
+    mode.request_trailer_mode = _MODE.SKIP
+    mode.response_trailer_mode = _MODE.SKIP
+    return answer
+
+
+class GateAttempt:
+    """One gated attempt, or the attempt after an escalation (`follow`)."""
+
+    __slots__ = ("escalate_to", "follow", "gate", "info", "near", "observer", "request", "status")
+
+    def __init__(
+        self,
+        gate: TierGate | None,
+        escalate_to: str,
+        info: RequestInfo,
+        observer: Observer,
+        near: bool = False,
+        follow: tuple[str, str] | None = None,
+    ) -> None:
+        self.gate = gate
+        self.escalate_to = escalate_to
+        self.info = info
+        self.observer = observer
+        self.near = near
+        self.follow = follow
+        self.request = GateRequest()
+        self.status = ""
+
+    @classmethod
+    def open(
+        cls,
+        snapshot: Snapshot,
+        values: dict[str, str],
+        host_tier: str,
+        info: RequestInfo,
+        observer: Observer,
+    ) -> GateAttempt | None:
+        """The gate for this attempt, or None (not marked, not a gated hop, no budget)."""
+        followed = ESCALATIONS.pop(info.request_id)
+        mark = values.get(headers.GATE, "")
+        chain = snapshot.gates.chain(values.get(headers.TIER, ""))
+        gate = snapshot.gates.tiers.get(host_tier)
+        # Marked and not streamed (the prefix gate is not built yet); the last hop of the
+        # chain (or a host outside it) is never gated.
+        if mark.startswith(ANSWER) and host_tier in chain[:-1] and gate is not None:
+            target = chain[chain.index(host_tier) + 1]
+            return cls(gate, target, info, observer, mark.endswith(NEAR), followed)
+        if followed is not None:
+            return cls(None, "", info, observer, follow=followed)
+        return None
+
+    def request_headers_answer(self) -> pb.ProcessingResponse:
+        return _override(body=self.gate is not None)
+
+    def on_request_body(self, body: bytes) -> None:
+        if self.gate is None:
+            return
+        try:
+            document = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return
+        if isinstance(document, dict):
+            self.request = request_of(document)
+
+    def on_response_headers(self, message: pb.HttpHeaders) -> pb.ProcessingResponse:
+        encoded = False
+        for header in message.headers.headers:
+            if header.key == headers.STATUS:
+                self.status = header.raw_value.decode("latin-1")
+            elif header.key == "content-encoding" and header.raw_value not in (b"", b"identity"):
+                encoded = True
+        if self.follow is not None:
+            escalation, confidence = self.follow
+            common = pb.CommonResponse(
+                header_mutation=pb.HeaderMutation(
+                    set_headers=[
+                        _set(headers.ESCALATED, escalation),
+                        _set(headers.CONFIDENCE, confidence),
+                    ]
+                )
+            )
+            return pb.ProcessingResponse(response_headers=pb.HeadersResponse(response=common))
+        if encoded:
+            self.status = "encoded"
+        return mutations.EMPTY_RESPONSE_HEADERS
+
+    def on_response_body(self, message: pb.HttpBody) -> pb.ProcessingResponse:
+        gate = self.gate
+        if gate is None or not message.end_of_stream:
+            return mutations.EMPTY_RESPONSE_BODY
+        if self.status != "200":
+            self._skipped("status" if self.status != "encoded" else "encoded")
+            return mutations.EMPTY_RESPONSE_BODY
+        try:
+            answer = answer_of(orjson.loads(message.body))
+        except orjson.JSONDecodeError:
+            answer = None
+        if answer is None:
+            self._skipped("unparsable")
+            return mutations.EMPTY_RESPONSE_BODY
+        verdict = judge(gate.settings, self.request, answer, self.near)
+        return self._decided(verdict)
+
+    def _decided(self, verdict: Verdict) -> pb.ProcessingResponse:
+        gate = self.gate
+        assert gate is not None
+        confidence = f"{verdict.confidence:.3f}"
+        sets = [_set(headers.CONFIDENCE, confidence)]
+        before = self.follow[0] if self.follow is not None else gate.tier
+        if not verdict.escalate and self.follow is not None:
+            sets.append(_set(headers.ESCALATED, before))
+        if verdict.escalate:
+            escalation = f"{before}->{self.escalate_to}"
+            sets.append(_set(headers.ESCALATE, escalation))
+            ESCALATIONS.put(self.info.request_id, escalation, confidence)
+            logger.info(
+                "gate: escalating %s (confidence %s, %s; request %r)",
+                escalation,
+                confidence,
+                ",".join(verdict.reasons),
+                self.info.request_id,
+            )
+        self.observer.gated(
+            GateInfo(
+                tier=gate.tier,
+                escalate_to=self.escalate_to if verdict.escalate else "",
+                confidence=verdict.confidence,
+                band=verdict.band,
+                reason=verdict.reason,
+                reasons=verdict.reasons,
+            ),
+            self.info,
+        )
+        common = pb.CommonResponse(header_mutation=pb.HeaderMutation(set_headers=sets))
+        return pb.ProcessingResponse(response_body=pb.BodyResponse(response=common))
+
+    def _skipped(self, why: str) -> None:
+        assert self.gate is not None
+        self.observer.gated(GateInfo(tier=self.gate.tier, skipped=why), self.info)
