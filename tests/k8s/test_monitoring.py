@@ -34,8 +34,12 @@ COUNTERS_AND_GAUGES = {
     "cascade_tier_price_per_hour_dollars",
     "cascade_misroute_suspected_total",
     "cascade_feedback_total",
+    "cascade_gate_verdicts_total",
+    "cascade_gate_escalations_total",
+    "cascade_gate_findings_total",
 }
 HISTOGRAMS = {
+    "cascade_gate_confidence",
     "cascade_classify_duration_seconds",
     "cascade_ttft_seconds",
     "cascade_response_duration_seconds",
@@ -126,7 +130,7 @@ def test_promtool_check_rules(rules_dir: Path) -> None:
 @requires_promtool
 def test_promtool_unit_tests(rules_dir: Path) -> None:
     tests = sorted(p.name for p in rules_dir.glob("*_test.yaml"))
-    assert tests == ["budget_test.yaml", "routing_test.yaml"]
+    assert tests == ["budget_test.yaml", "gate_test.yaml", "routing_test.yaml"]
     result = promtool("test", "rules", *tests, cwd=rules_dir)
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -151,6 +155,7 @@ def test_every_alert_is_unit_tested_firing_and_silent() -> None:
         "CascadeWeakShareOutOfBand",
         "CascadeMisrouteRateHigh",
         "CascadeClassifierErrors",
+        "CascadeGateEscalationRateHigh",
     }
     firing: set[str] = set()
     silent: set[str] = set()
@@ -171,6 +176,7 @@ def test_thresholds_are_parameters() -> None:
     assert params["cascade:param:weak_share_min"] == "vector(0.6)"
     assert params["cascade:param:weak_share_max"] == "vector(0.7)"
     assert params["cascade:param:misroute_ratio_max"] == "vector(0.05)"
+    assert params["cascade:param:gate_escalation_ratio_max"] == "vector(0.05)"
     # Alerts compare with the parameters, never with a number written into the alert.
     for rule in rules():
         if "alert" in rule and rule["alert"] != "CascadeClassifierAbsent":
@@ -251,9 +257,14 @@ def test_dashboard_queries_parse(tmp_path: Path) -> None:
 
 
 def test_exported_names_match_the_server() -> None:
-    from extproc.telemetry import metrics
+    from extproc.telemetry import gate_telemetry, metrics
 
-    defined = {v for v in vars(metrics).values() if isinstance(v, str) and v.startswith("cascade_")}
+    defined = {
+        v
+        for module in (metrics, gate_telemetry)
+        for v in vars(module).values()
+        if isinstance(v, str) and v.startswith("cascade_")
+    }
     assert defined >= COUNTERS_AND_GAUGES | HISTOGRAMS
 
 
