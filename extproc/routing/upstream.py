@@ -103,11 +103,14 @@ class UpstreamProcessor:
         )
         self.decided = values.get(headers.TIER, "")
         self.host_tier, self.host_model, address = host_of(request)
+        self.gate = GateAttempt.open(self.snapshot, values, self.host_tier, info, self.observer)
+        escalated = self.gate is not None and self.gate.follow is not None
         if (
             self.decided
             and self.host_tier
             and self.host_tier != self.decided
             and headers.SHADOW_OF not in values
+            and not escalated  # a gate's escalation is counted as one, not as a fallback
         ):
             logger.info(
                 "fallback %s -> %s (host %s, request %s)",
@@ -117,7 +120,6 @@ class UpstreamProcessor:
                 info.request_id,
             )
             self.observer.fell_back(self.decided, self.host_tier, info)
-        self.gate = GateAttempt.open(self.snapshot, values, self.host_tier, info, self.observer)
         if self.gate is not None:
             return self.gate.request_headers_answer()
         return mutations.EMPTY_REQUEST_HEADERS

@@ -120,6 +120,7 @@ def test_a_failing_answer_is_retried_on_the_next_tier(
     before = metric(
         stack, "cascade_gate_escalations_total", from_tier="weak", to_tier="mid", reason=reason
     )
+    fallbacks = metric(stack, "cascade_fallbacks_total", from_tier="weak", to_tier="mid")
     stack.backends["weak"].script([answer])
     reply = stack.chat("hello", **extra)
     assert reply.status == 200, reply.body
@@ -147,6 +148,8 @@ def test_a_failing_answer_is_retried_on_the_next_tier(
         10,
         "the escalation counter",
     )
+    # an escalation is not a fallback
+    assert metric(stack, "cascade_fallbacks_total", from_tier="weak", to_tier="mid") == fallbacks
 
 
 def test_json_that_is_valid_passes(stack: Gateway) -> None:
@@ -194,6 +197,11 @@ def test_a_gated_tier_whose_backend_is_down_falls_back(stack: Gateway) -> None:
     assert reply.headers["x-mock-backend"] == "mid"
     assert "x-cascade-escalated" not in reply.headers  # a fallback, not an escalation
     assert reply.json()["model"] == "mid-model"
+    wait_for(
+        lambda: metric(stack, "cascade_fallbacks_total", from_tier="weak", to_tier="mid") > 0,
+        10,
+        "the fallback counter",
+    )
     wait_for(
         lambda: (
             metric(stack, "cascade_gate_verdicts_total", tier="weak", outcome="skipped_status")
