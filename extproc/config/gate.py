@@ -11,6 +11,7 @@ tiers:
       near_margin: 0.1
       checks: {hedge_phrase: 0.3, logprob_low: 0}   # weights; 0 turns a check off
       phrases_file: my-phrases.yaml                  # default: the shipped list
+      streams: true             # hold and judge streamed answers too
       hold_tokens: 32           # streamed answers: the held prefix
       hold_ms: 500
   - name: strong                # the top tier: a gate here is an error
@@ -56,6 +57,7 @@ _GATE_KEYS = {
     "phrase_window",
     "hold_tokens",
     "hold_ms",
+    "streams",
 }
 BETWEEN = ("accept", "near_threshold")
 MAX_HOLD_TOKENS = 4096
@@ -179,6 +181,7 @@ def _tier_gate(
             f"{path}.hold_tokens",
             MAX_HOLD_TOKENS,
         ),
+        streams=check.boolean(gate.get("streams", True), join_path(path, "streams")),
         hold_ms=_bounded(
             check, gate.get("hold_ms", defaults.hold_ms), f"{path}.hold_ms", MAX_HOLD_MS
         ),

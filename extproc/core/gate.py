@@ -97,7 +97,10 @@ class GateSettings:
     logprob_mean_min: float = -1.2
     logprob_quantile: float = 0.1
     logprob_low_min: float = -4.0
-    #: streamed answers: the held prefix (tokens = content events) and its time bound
+    #: streamed answers are held and judged too (the per-attempt filter then sees every
+    #: response chunk of the gated tier's attempts); the held prefix (tokens = content events)
+    #: and its time bound
+    streams: bool = True
     hold_tokens: int = 32
     hold_ms: int = 500
 

@@ -222,7 +222,7 @@ def fallback_clusters(snapshot: Snapshot) -> list[dict[str, Any]]:
                     "typed_extension_protocol_options": upstream_filters(
                         snapshot,
                         rewrite=snapshot.server.rewrite_model,
-                        gate=gate.gated(snapshot, tier),
+                        **gate.filter_options(snapshot, tier),
                     ),
                 }
             )

@@ -6,7 +6,10 @@ chain; the route retries with `previous_priorities`, so every retry moves one pr
 per-attempt ext_proc filter on that aggregate may change its processing mode per attempt
 (`allow_mode_override`): on a gated attempt it asks for the response headers and the whole body
 (held until it answers), and a failing answer gets the response header `x-cascade-escalate`,
-which the route's retry policy treats as retriable (`retry_on: retriable-headers`).
+which the route's retry policy treats as retriable (`retry_on: retriable-headers`). With
+`gate.streams` (the default) the response modes are static instead (a mode override is ignored
+in that mode): headers SEND, body STREAMED, body chunks sent while the headers wait, so the
+server can hold a stream's start.
 """
 
 from __future__ import annotations
@@ -16,12 +19,21 @@ from typing import Any
 from extproc.config.snapshot import Snapshot, Tier, fallback_chain
 from extproc.core import headers
 
-__all__ = ["gated", "members", "with_gate_retries"]
+__all__ = ["filter_options", "gated", "members", "with_gate_retries"]
 
 
 def gated(snapshot: Snapshot, tier: Tier) -> bool:
     """Requests decided for `tier` may be escalated (the tier has a gate and a budget)."""
     return len(snapshot.gates.chain(tier.name)) > 1
+
+
+def filter_options(snapshot: Snapshot, tier: Tier) -> dict[str, Any]:
+    """`upstream_filters` arguments for the aggregate of a tier: `gate`, and `hold_ms` when the
+    tier's gate also holds streamed answers (static response modes, see `filters.py`)."""
+    if not gated(snapshot, tier):
+        return {}
+    settings = snapshot.gates.tiers[tier.name].settings
+    return {"gate": True, "hold_ms": settings.hold_ms if settings.streams else None}
 
 
 def members(snapshot: Snapshot, tier: Tier) -> list[str]:

@@ -36,6 +36,7 @@ from extproc.core.chat import ChatRequest
 from extproc.core.classify import Decision
 from extproc.core.gate import GateRequest, Verdict, answer_of, is_near, judge, request_of
 from extproc.routing import mutations
+from extproc.routing.gate_hold import Hold
 from extproc.routing.observer import GateInfo, Observer, RequestInfo
 
 logger = logging.getLogger(__name__)
@@ -112,7 +113,17 @@ def _override(*, body: bool) -> pb.ProcessingResponse:
 class GateAttempt:
     """One gated attempt, or the attempt after an escalation (`follow`)."""
 
-    __slots__ = ("escalate_to", "follow", "gate", "info", "near", "observer", "request", "status")
+    __slots__ = (
+        "escalate_to",
+        "follow",
+        "gate",
+        "hold",
+        "info",
+        "near",
+        "observer",
+        "request",
+        "status",
+    )
 
     def __init__(
         self,
@@ -131,6 +142,9 @@ class GateAttempt:
         self.follow = follow
         self.request = GateRequest()
         self.status = ""
+        #: the aggregate's filter sends every response (`gate.streams`): the answer is held by
+        #: not answering its messages yet (`extproc.routing.gate_hold`)
+        self.hold: Hold | None = None
 
     @classmethod
     def open(
@@ -144,13 +158,20 @@ class GateAttempt:
         """The gate for this attempt, or None (not marked, not a gated hop, no budget)."""
         followed = ESCALATIONS.pop(info.request_id)
         mark = values.get(headers.GATE, "")
-        chain = snapshot.gates.chain(values.get(headers.TIER, ""))
+        decided = values.get(headers.TIER, "")
+        chain = snapshot.gates.chain(decided)
         gate = snapshot.gates.tiers.get(host_tier)
-        # Marked and not streamed (the prefix gate is not built yet); the last hop of the
-        # chain (or a host outside it) is never gated.
-        if mark.startswith(ANSWER) and host_tier in chain[:-1] and gate is not None:
+        # The decided tier's aggregate has static response modes when its gate holds streams.
+        first = snapshot.gates.tiers.get(decided)
+        held = first is not None and first.settings.streams
+        stream = mark.startswith(STREAM)
+        # The last hop of the chain (or a host outside it) is never gated.
+        if mark and (held or not stream) and host_tier in chain[:-1] and gate is not None:
             target = chain[chain.index(host_tier) + 1]
-            return cls(gate, target, info, observer, mark.endswith(NEAR), followed)
+            attempt = cls(gate, target, info, observer, mark.endswith(NEAR), followed)
+            if held:
+                attempt.hold = Hold(gate.settings, stream)
+            return attempt
         if followed is not None:
             return cls(None, "", info, observer, follow=followed)
         return None
@@ -168,26 +189,47 @@ class GateAttempt:
         if isinstance(document, dict):
             self.request = request_of(document)
 
-    def on_response_headers(self, message: pb.HttpHeaders) -> pb.ProcessingResponse:
+    def _read_status(self, message: pb.HttpHeaders) -> None:
         encoded = False
         for header in message.headers.headers:
             if header.key == headers.STATUS:
                 self.status = header.raw_value.decode("latin-1")
             elif header.key == "content-encoding" and header.raw_value not in (b"", b"identity"):
                 encoded = True
-        if self.follow is not None:
-            escalation, confidence = self.follow
-            common = pb.CommonResponse(
-                header_mutation=pb.HeaderMutation(
-                    set_headers=[
-                        _set(headers.ESCALATED, escalation),
-                        _set(headers.CONFIDENCE, confidence),
-                    ]
-                )
-            )
-            return pb.ProcessingResponse(response_headers=pb.HeadersResponse(response=common))
         if encoded:
             self.status = "encoded"
+
+    def held_headers(self, message: pb.HttpHeaders, timeout_ms: int) -> list[pb.ProcessingResponse]:
+        """Held mode: keep the headers unanswered for a 200 answer, else release them."""
+        hold = self.hold
+        assert hold is not None
+        self._read_status(message)
+        if self.status != "200":
+            self.skipped("encoded" if self.status == "encoded" else "status")
+            return hold.release(self.followed_headers())
+        return hold.start(timeout_ms)
+
+    def held_body(self, message: pb.HttpBody) -> list[pb.ProcessingResponse]:
+        """Held mode: hold the chunk; once the hold is over, judge and answer everything."""
+        hold, gate = self.hold, self.gate
+        assert hold is not None and gate is not None
+        if not hold.holding:
+            return [mutations.EMPTY_RESPONSE_BODY]
+        if not hold.add(message):
+            return []
+        answer = hold.answer(message.end_of_stream)
+        if answer is None:
+            self.skipped("unparsable")
+            return hold.release(self.followed_headers())
+        return hold.release(self.decided(judge(gate.settings, self.request, answer, self.near)))
+
+    def on_response_headers(self, message: pb.HttpHeaders) -> pb.ProcessingResponse:
+        self._read_status(message)
+        if self.follow is not None and self.gate is None:
+            common = pb.CommonResponse(
+                header_mutation=pb.HeaderMutation(set_headers=self.followed_headers())
+            )
+            return pb.ProcessingResponse(response_headers=pb.HeadersResponse(response=common))
         return mutations.EMPTY_RESPONSE_HEADERS
 
     def on_response_body(self, message: pb.HttpBody) -> pb.ProcessingResponse:
@@ -195,19 +237,29 @@ class GateAttempt:
         if gate is None or not message.end_of_stream:
             return mutations.EMPTY_RESPONSE_BODY
         if self.status != "200":
-            self._skipped("status" if self.status != "encoded" else "encoded")
+            self.skipped("status" if self.status != "encoded" else "encoded")
             return mutations.EMPTY_RESPONSE_BODY
         try:
             answer = answer_of(orjson.loads(message.body))
         except orjson.JSONDecodeError:
             answer = None
         if answer is None:
-            self._skipped("unparsable")
+            self.skipped("unparsable")
             return mutations.EMPTY_RESPONSE_BODY
         verdict = judge(gate.settings, self.request, answer, self.near)
-        return self._decided(verdict)
+        common = pb.CommonResponse(
+            header_mutation=pb.HeaderMutation(set_headers=self.decided(verdict))
+        )
+        return pb.ProcessingResponse(response_body=pb.BodyResponse(response=common))
 
-    def _decided(self, verdict: Verdict) -> pb.ProcessingResponse:
+    def followed_headers(self) -> list[base_pb2.HeaderValueOption]:
+        if self.follow is None:
+            return []
+        escalation, confidence = self.follow
+        return [_set(headers.ESCALATED, escalation), _set(headers.CONFIDENCE, confidence)]
+
+    def decided(self, verdict: Verdict) -> list[base_pb2.HeaderValueOption]:
+        """The response headers for a verdict (and its telemetry, the escalation table)."""
         gate = self.gate
         assert gate is not None
         confidence = f"{verdict.confidence:.3f}"
@@ -237,9 +289,8 @@ class GateAttempt:
             ),
             self.info,
         )
-        common = pb.CommonResponse(header_mutation=pb.HeaderMutation(set_headers=sets))
-        return pb.ProcessingResponse(response_body=pb.BodyResponse(response=common))
+        return sets
 
-    def _skipped(self, why: str) -> None:
+    def skipped(self, why: str) -> None:
         assert self.gate is not None
         self.observer.gated(GateInfo(tier=self.gate.tier, skipped=why), self.info)

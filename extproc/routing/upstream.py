@@ -77,6 +77,24 @@ class UpstreamProcessor:
         self.host_model = ""
         self.gate: GateAttempt | None = None
 
+    def handle_all(self, request: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
+        """The answers to send now, in order: usually one; none while the gate holds an answer,
+        several when it releases it (`extproc.routing.gate_hold`). Never raises."""
+        gate = self.gate
+        if gate is None or gate.hold is None:
+            return [self.handle(request)]
+        kind = request.WhichOneof("request") or ""
+        try:
+            if kind == "response_headers":
+                timeout = max(self.snapshot.envoy.message_timeout_ms, gate.hold.settings.hold_ms)
+                return gate.held_headers(request.response_headers, timeout + 1000)
+            if kind == "response_body":
+                return gate.held_body(request.response_body)
+        except Exception:
+            logger.exception("gate hold failed; releasing (request %s)", self.info.request_id)
+            return gate.hold.release([]) if gate.hold.holding else [self.handle(request)]
+        return [self.handle(request)]
+
     def handle(self, request: pb.ProcessingRequest) -> pb.ProcessingResponse:
         kind = request.WhichOneof("request") or ""
         try:

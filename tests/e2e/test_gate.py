@@ -2,7 +2,9 @@
 retried by Envoy on the next tier; a passing one is released unchanged.
 
 Tiers weak -> mid -> strong; weak and mid have a gate (each escalates to the next tier), the
-budget is one escalation per request. A `finance` rule (keyword `invoice`) decides weak without
+budget is one escalation per request. Weak's gate has `streams: false`: the cheap path, where
+only the gated attempt asks for its response (a mode override); tests/e2e/test_gate_stream.py
+covers the default, which holds streams too. A `finance` rule (keyword `invoice`) decides weak without
 a gate. Answers are shaped per backend with the mock's script.
 """
 
@@ -22,7 +24,7 @@ REFUSAL = "I'm sorry, but I can't help with that request."
 
 def edit(document: dict[str, Any], gateway: Gateway) -> None:
     weak, strong = document["tiers"]
-    weak["gate"] = {}
+    weak["gate"] = {"streams": False}
     mid = {
         "name": "mid",
         "model": "mid-model",
@@ -213,7 +215,7 @@ def test_a_gated_tier_whose_backend_is_down_falls_back(stack: Gateway) -> None:
 
 
 def test_a_streamed_request_is_not_held(stack: Gateway) -> None:
-    """The prefix gate for streams is not built: a stream passes as without a gate."""
+    """With `streams: false` a stream passes as without a gate."""
     stack.backends["weak"].script([{"content": REFUSAL}])
     reply = stack.chat("hello", stream=True)
     assert reply.status == 200

@@ -13,6 +13,7 @@ import yaml
 
 from extproc.core import gate
 from extproc.core.gate import Answer, GateRequest, GateSettings, answer_of, judge, request_of
+from extproc.core.gate_stream import StreamPrefix
 from extproc.core.json_subset import first_error
 from extproc.core.keywords import KeywordMatcher
 
@@ -290,3 +291,45 @@ def test_the_explanations_never_quote_the_answer() -> None:
 def test_reason_is_the_heaviest_finding() -> None:
     result = verdict(Answer(content="I'm not sure. " + GOOD, finish_reason="length"))
     assert result.reason == "finish_length"
+
+
+def sse(*events: object) -> bytes:
+    return b"".join(b"data: " + orjson.dumps(e) + b"\n\n" for e in events) + b"data: [DONE]\n\n"
+
+
+def delta(**fields: object) -> dict[str, object]:
+    finish = fields.pop("finish", None)
+    logprobs = fields.pop("logprobs", None)
+    return {
+        "choices": [{"index": 0, "delta": fields, "finish_reason": finish, "logprobs": logprobs}]
+    }
+
+
+def test_a_stream_prefix_read_from_chunks_cut_anywhere() -> None:
+    raw = sse(
+        delta(role="assistant", content=""),
+        delta(content="I'm sorry, ", logprobs={"content": [{"logprob": -0.5}]}),
+        delta(content="but I can't help"),
+        delta(tool_calls=[{"index": 0, "function": {"name": "look", "arguments": '{"q"'}}]),
+        delta(tool_calls=[{"index": 0, "function": {"name": "up", "arguments": ": 1}"}}]),
+        delta(finish="length"),
+    )
+    prefix = StreamPrefix()
+    for start in range(0, len(raw), 7):  # 7-byte pieces: events split across chunks
+        prefix.feed(raw[start : start + 7])
+    assert prefix.done
+    assert prefix.tokens == 2
+    answer = prefix.answer(complete=True)
+    assert answer.content == "I'm sorry, but I can't help"
+    assert answer.finish_reason == "length"
+    assert answer.tool_calls == (("lookup", '{"q": 1}'),)
+    assert answer.logprobs == (-0.5,)
+    assert set(judge(SETTINGS, PLAIN, answer).reasons) == {"finish_length", "refusal_phrase"}
+
+
+def test_a_stream_prefix_reads_refusal_deltas_and_ignores_junk() -> None:
+    prefix = StreamPrefix()
+    prefix.feed(b"data: not json\n\n: a comment\n\n" + sse(delta(refusal="No.")))
+    answer = prefix.answer(complete=False)
+    assert answer.refusal == "No."
+    assert judge(SETTINGS, PLAIN, answer).reasons == ("refusal",)

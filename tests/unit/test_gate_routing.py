@@ -19,14 +19,23 @@ from extproc.routing.gate_attempt import EscalationTable, marker
 from extproc.routing.observer import GateInfo, RequestInfo
 from extproc.routing.upstream import UpstreamProcessor
 
-GATED = DEFAULT_CONFIG.read_text().replace(
-    "  - name: weak\n    model: qwen3-4b\n", "  - name: weak\n    model: qwen3-4b\n    gate: {}\n"
-)
+WEAK = "  - name: weak\n    model: qwen3-4b\n"
+
+
+def config_with(gate: str) -> Snapshot:
+    text = DEFAULT_CONFIG.read_text()
+    assert WEAK in text
+    return compile_config(text.replace(WEAK, WEAK + f"    gate: {gate}\n"))
 
 
 def gated() -> Snapshot:
-    assert DEFAULT_CONFIG.read_text() != GATED
-    return compile_config(GATED)
+    """The cheap mode: only the gated attempt asks for its response (a mode override)."""
+    return config_with("{streams: false}")
+
+
+def holding() -> Snapshot:
+    """The default: the aggregate's filter sees every response; the server holds answers."""
+    return config_with("{hold_tokens: 2}")
 
 
 def clusters(snapshot: Snapshot) -> dict[str, Any]:
@@ -62,6 +71,13 @@ def test_a_gated_tier_routes_to_an_aggregate_that_retries_marked_answers() -> No
     assert ext_proc["allow_mode_override"] is True
     assert ext_proc["processing_mode"]["request_body_mode"] == "BUFFERED"
     assert ext_proc["processing_mode"]["response_body_mode"] == "NONE"  # per attempt only
+    held = clusters(holding())["tier_weak_fallback"]["typed_extension_protocol_options"]
+    held_proc = next(iter(held.values()))["http_filters"][0]["typed_config"]
+    assert "allow_mode_override" not in held_proc  # Envoy ignores it in this mode
+    assert held_proc["send_body_without_waiting_for_header_response"] is True
+    assert held_proc["processing_mode"]["response_header_mode"] == "SEND"
+    assert held_proc["processing_mode"]["response_body_mode"] == "STREAMED"
+    assert held_proc["max_message_timeout"] == "1.500s"  # the 500 ms hold + 1 s
     # the top tier keeps its own route: no gate retries there
     strong = route(snapshot, "tier_strong")["route"]["retry_policy"]
     assert "retriable-headers" not in strong["retry_on"]
@@ -207,3 +223,55 @@ def test_a_non_200_answer_is_skipped() -> None:
     assert not processor.handle(body).response_body.HasField("response")
     assert [g.skipped for g in observer.seen] == ["status"]
     assert gate_attempt.ESCALATIONS.pop("req-weak-answer") is None
+
+
+def chunk(text: str, eos: bool = False, finish: str | None = None) -> pb.ProcessingRequest:
+    event = {"choices": [{"index": 0, "delta": {"content": text}, "finish_reason": finish}]}
+    request = pb.ProcessingRequest()
+    request.response_body.body = b"data: " + orjson.dumps(event) + b"\n\n"
+    request.response_body.end_of_stream = eos
+    return request
+
+
+def test_a_held_stream_is_answered_all_at_once_after_the_hold() -> None:
+    processor = UpstreamProcessor(holding(), Gates())  # type: ignore[arg-type]
+    processor.handle_all(attempt_headers("weak", "stream"))
+    status = pb.ProcessingRequest()
+    status.response_headers.headers.headers.append(header(":status", "200"))
+    (wait,) = processor.handle_all(status)
+    assert wait.HasField("override_message_timeout")
+    assert processor.handle_all(chunk("Paris")) == []  # held: no answer yet
+    released = processor.handle_all(chunk(" is"))  # 2 tokens: the hold is over
+    assert [a.WhichOneof("response") for a in released] == [
+        "response_headers",
+        "response_body",
+        "response_body",
+    ]
+    mutation = released[0].response_headers.response.header_mutation
+    assert [h.header.key for h in mutation.set_headers] == ["x-cascade-confidence"]
+    later = processor.handle_all(chunk(" the capital.", eos=True))
+    assert [a.WhichOneof("response") for a in later] == ["response_body"]  # at once
+
+
+def test_a_held_stream_that_fails_is_marked_for_escalation() -> None:
+    processor = UpstreamProcessor(holding(), Gates())  # type: ignore[arg-type]
+    processor.handle_all(attempt_headers("weak", "stream"))
+    status = pb.ProcessingRequest()
+    status.response_headers.headers.headers.append(header(":status", "200"))
+    processor.handle_all(status)
+    assert processor.handle_all(chunk("I'm sorry, but I can't help")) == []
+    released = processor.handle_all(chunk(" with that."))
+    keys = [h.header.key for h in released[0].response_headers.response.header_mutation.set_headers]
+    assert "x-cascade-escalate" in keys
+    gate_attempt.ESCALATIONS.pop("req-weak-stream")
+
+
+def test_a_held_non_200_is_released_at_once() -> None:
+    processor = UpstreamProcessor(holding(), Gates())  # type: ignore[arg-type]
+    processor.handle_all(attempt_headers("weak", "answer"))
+    status = pb.ProcessingRequest()
+    status.response_headers.headers.headers.append(header(":status", "503"))
+    assert [a.WhichOneof("response") for a in processor.handle_all(status)] == ["response_headers"]
+    assert [a.WhichOneof("response") for a in processor.handle_all(chunk("x", eos=True))] == [
+        "response_body"
+    ]
