@@ -50,6 +50,8 @@ def test_a_gate_with_defaults_escalates_to_the_next_tier() -> None:
     assert gate.escalate_to == "mid"
     assert (gate.settings.escalate_below, gate.settings.trust_above) == (0.70, 0.85)
     assert (gate.settings.hold_tokens, gate.settings.hold_ms) == (32, 500)
+    assert gate.settings.streams
+    assert not compile_config(config("{streams: false}")).gates.tiers["weak"].settings.streams
     assert gate.settings.refusal_phrases is not None
     assert gates.chain("weak") == ("weak", "mid")
     assert gates.chain("mid") == ("mid",)
@@ -116,6 +118,7 @@ def test_max_escalations_chains_gated_tiers() -> None:
         (config("{hold_tokens: 0}"), "tiers[0].gate.hold_tokens", ">= 1"),
         (config("{hold_ms: 999999}"), "tiers[0].gate.hold_ms", "<= 60000"),
         (config("{colour: red}"), "tiers[0].gate.colour", "unknown key"),
+        (config("{streams: 1}"), "tiers[0].gate.streams", "true or false"),
         (config("{phrases_file: missing.yaml}"), "tiers[0].gate.phrases_file", "cannot read"),
         (config(extra="gate: {max_escalations: 3}\n"), "gate.max_escalations", "at most 2"),
         (
