@@ -22,8 +22,10 @@ def test_demo_once_prints_routing_table() -> None:
     assert " weak " in rows["spoofed tier header"]
     assert "(none: 400 from cascade)" in rows["invalid JSON"]
     assert "strong" in rows["streaming (SSE)"]
+    assert "escalated weak->strong" in rows["weak refuses: gate"]
+    assert " strong " in rows["weak refuses: gate"]
     # the summary read from the server's /metrics endpoint
-    assert "tier mix (decisions): strong 67% (6), weak 33% (3)" in out
+    assert "tier mix (decisions): strong 60% (6), weak 40% (4)" in out
     cost = next(line for line in out.splitlines() if "cost per 1k requests: $" in line)
     assert float(cost.split("$")[1].split()[0]) > 0
     assert "TTFT strong: mean" in out and "TTFT weak: mean" in out
