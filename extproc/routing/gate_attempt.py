@@ -248,7 +248,10 @@ class GateAttempt:
             return mutations.EMPTY_RESPONSE_BODY
         verdict = judge(gate.settings, self.request, answer, self.near)
         common = pb.CommonResponse(
-            header_mutation=pb.HeaderMutation(set_headers=self.decided(verdict))
+            # A backend's own x-cascade-escalate never triggers a retry: only the verdict's does.
+            header_mutation=pb.HeaderMutation(
+                set_headers=self.decided(verdict), remove_headers=[headers.ESCALATE]
+            )
         )
         return pb.ProcessingResponse(response_body=pb.BodyResponse(response=common))
 

@@ -26,6 +26,7 @@ from google.protobuf import duration_pb2
 
 from extproc.core.gate import Answer, GateSettings, answer_of
 from extproc.core.gate_stream import MAX_BYTES, StreamPrefix
+from extproc.core.headers import ESCALATE
 from extproc.routing import mutations
 
 __all__ = ["Hold"]
@@ -80,10 +81,9 @@ class Hold:
     def release(self, sets: list[base_pb2.HeaderValueOption]) -> list[pb.ProcessingResponse]:
         """The held messages' answers: the headers (with `sets`), then every held chunk."""
         self.holding = False
-        if sets:
-            common = pb.CommonResponse(header_mutation=pb.HeaderMutation(set_headers=sets))
-            first = pb.ProcessingResponse(response_headers=pb.HeadersResponse(response=common))
-        else:
-            first = mutations.EMPTY_RESPONSE_HEADERS
+        # A backend's own x-cascade-escalate never triggers a retry: only the verdict's does.
+        mutation = pb.HeaderMutation(set_headers=sets, remove_headers=[ESCALATE])
+        common = pb.CommonResponse(header_mutation=mutation)
+        first = pb.ProcessingResponse(response_headers=pb.HeadersResponse(response=common))
         held, self.held = self.held, 0
         return [first, *([mutations.EMPTY_RESPONSE_BODY] * held)]

@@ -161,3 +161,44 @@ def test_non_streamed_answers_in_the_same_mode(stack: Gateway) -> None:
     passing = stack.chat("hello")
     assert passing.headers["x-mock-backend"] == "weak"
     assert passing.headers["x-cascade-confidence"] == "1.000"
+
+
+def edit_timed(document: dict[str, Any], gateway: Gateway) -> None:
+    document["tiers"][0]["gate"] = {"hold_tokens": 1000, "hold_ms": 300}
+
+
+@pytest.fixture(scope="module")
+def timed_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """hold_ms decides: 1000 tokens would never come in time."""
+    gateway = Gateway(
+        tmp_path_factory.mktemp("gate_timed"), stream_delay_ms=DELAY_MS, edit_config=edit_timed
+    )
+    try:
+        yield gateway
+    except BaseException:
+        print(gateway.logs())
+        raise
+    finally:
+        gateway.close()
+
+
+def test_the_hold_ends_at_hold_ms(timed_stack: Gateway) -> None:
+    timed_stack.backends["weak"].script([{"content": WORDS}])
+    found, chunks = stream(timed_stack.port, body(), {"x-mock-stream-chunks": "40"})
+    assert found["x-mock-backend"] == "weak"
+    assert found["x-cascade-confidence"] == "1.000"  # judged on the prefix at 300 ms
+    first, last = chunks[0][0], chunks[-1][0]
+    assert last - first >= 1.0  # released long before the 2 s stream ended
+    events(b"".join(c for _, c in chunks))
+
+
+def test_a_stall_during_the_hold_fails_open(timed_stack: Gateway) -> None:
+    """No token for longer than the held message may wait: Envoy releases it unjudged."""
+    timed_stack.backends["weak"].script([{"content": REFUSAL}])
+    found, chunks = stream(
+        timed_stack.port, body(), {"x-mock-stream-chunks": "2", "x-mock-stream-delay-ms": "2500"}
+    )
+    assert found["x-mock-backend"] == "weak"
+    assert "x-cascade-confidence" not in found
+    answer = events(b"".join(c for _, c in chunks))
+    assert "".join(e["choices"][0]["delta"].get("content") or "" for e in answer) == REFUSAL

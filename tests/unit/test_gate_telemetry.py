@@ -1,0 +1,79 @@
+"""The gate's metrics and decision-log records (the `Observer.gated` hook of the Recorder)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from extproc.config.snapshot import DEFAULT_CONFIG, compile_config
+from extproc.routing.observer import GateInfo, RequestInfo
+from extproc.telemetry.gate_telemetry import GateRecording, gate_record
+from extproc.telemetry.metrics import Metrics
+
+SNAPSHOT = compile_config(DEFAULT_CONFIG.read_text())
+
+
+class Log:
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.records.append(record)
+
+
+class Recording(GateRecording):
+    def __init__(self) -> None:
+        self.metrics = Metrics(CollectorRegistry())
+        self.decision_log = Log()  # type: ignore[assignment]
+        self._snapshot = lambda: SNAPSHOT
+
+
+def value(recording: Recording, name: str, **labels: str) -> float:
+    found = recording.metrics.registry.get_sample_value(name, labels)
+    return 0.0 if found is None else found
+
+
+def test_verdicts_escalations_findings_and_records() -> None:
+    recording = Recording()
+    request = RequestInfo(request_id="r1")
+    escalated = GateInfo(
+        tier="weak",
+        escalate_to="strong",
+        confidence=0.4,
+        band="low",
+        reason="refusal_phrase",
+        reasons=("refusal_phrase", "hedge_phrase"),
+    )
+    recording.gated(escalated, request)
+    recording.gated(GateInfo(tier="weak", confidence=1.0, band="trusted"), request)
+    recording.gated(GateInfo(tier="weak", skipped="status"), request)
+    recording.gated(GateInfo(tier="forged-tier", skipped="made-up"), request)
+    verdicts = "cascade_gate_verdicts_total"
+    assert value(recording, verdicts, tier="weak", outcome="escalated") == 1
+    assert value(recording, verdicts, tier="weak", outcome="passed") == 1
+    assert value(recording, verdicts, tier="weak", outcome="skipped_status") == 1
+    assert value(recording, verdicts, tier="other", outcome="skipped_other") == 1  # bounded
+    assert (
+        value(
+            recording,
+            "cascade_gate_escalations_total",
+            from_tier="weak",
+            to_tier="strong",
+            reason="refusal_phrase",
+        )
+        == 1
+    )
+    assert value(recording, "cascade_gate_findings_total", tier="weak", check="hedge_phrase") == 1
+    assert value(recording, "cascade_gate_confidence_count", tier="weak") == 2
+    first = recording.decision_log.records[0]  # type: ignore[attr-defined]
+    assert first["kind"] == "gate" and first["id"] == "r1"
+    assert first["escalated_to"] == "strong" and first["fn_suspect"] is True
+    assert first["signals"] == ["gate_escalation"]
+    assert first["reasons"] == ["refusal_phrase", "hedge_phrase"]
+
+
+def test_a_skipped_record_has_no_confidence() -> None:
+    record = gate_record(GateInfo(tier="weak", skipped="encoded"), RequestInfo(), 0)
+    assert record["confidence"] is None and record["skipped"] == "encoded"
+    assert record["fn_suspect"] is False
