@@ -49,6 +49,7 @@ __all__ = [
     "is_near",
     "judge",
     "request_of",
+    "usage_of",
 ]
 
 #: Every check and its default weight (how far one finding lowers the confidence).
@@ -210,6 +211,16 @@ def answer_of(document: Any) -> Answer | None:
         tool_calls=tuple(calls),
         logprobs=logprobs_of(choice.get("logprobs")),
     )
+
+
+def usage_of(document: Any) -> tuple[int | None, int | None]:
+    """(prompt, completion) tokens of a completion's `usage`; None where absent."""
+    usage = document.get("usage") if isinstance(document, dict) else None
+    if not isinstance(usage, dict):
+        return None, None
+    found = [usage.get(k) for k in ("prompt_tokens", "completion_tokens")]
+    tin, tout = (v if isinstance(v, int) and not isinstance(v, bool) else None for v in found)
+    return tin, tout
 
 
 def logprobs_of(value: Any) -> tuple[float, ...]:

@@ -34,7 +34,15 @@ from extproc.config.snapshot import Snapshot
 from extproc.core import headers
 from extproc.core.chat import ChatRequest
 from extproc.core.classify import Decision
-from extproc.core.gate import GateRequest, Verdict, answer_of, is_near, judge, request_of
+from extproc.core.gate import (
+    GateRequest,
+    Verdict,
+    answer_of,
+    is_near,
+    judge,
+    request_of,
+    usage_of,
+)
 from extproc.routing import mutations
 from extproc.routing.gate_hold import Hold
 from extproc.routing.observer import GateInfo, Observer, RequestInfo
@@ -123,6 +131,7 @@ class GateAttempt:
         "observer",
         "request",
         "status",
+        "usage",
     )
 
     def __init__(
@@ -145,6 +154,8 @@ class GateAttempt:
         #: the aggregate's filter sends every response (`gate.streams`): the answer is held by
         #: not answering its messages yet (`extproc.routing.gate_hold`)
         self.hold: Hold | None = None
+        #: (prompt, completion) tokens of the judged answer, charged when it is discarded
+        self.usage: tuple[int | None, int | None] = (None, None)
 
     @classmethod
     def open(
@@ -221,6 +232,7 @@ class GateAttempt:
         if answer is None:
             self.skipped("unparsable")
             return hold.release(self.followed_headers())
+        self.usage = hold.usage()
         return hold.release(self.decided(judge(gate.settings, self.request, answer, self.near)))
 
     def on_response_headers(self, message: pb.HttpHeaders) -> pb.ProcessingResponse:
@@ -240,13 +252,15 @@ class GateAttempt:
             self.skipped("status" if self.status != "encoded" else "encoded")
             return mutations.EMPTY_RESPONSE_BODY
         try:
-            answer = answer_of(orjson.loads(message.body))
+            document = orjson.loads(message.body)
         except orjson.JSONDecodeError:
-            answer = None
+            document = None
+        answer = answer_of(document)
         if answer is None:
             self.skipped("unparsable")
             return mutations.EMPTY_RESPONSE_BODY
         verdict = judge(gate.settings, self.request, answer, self.near)
+        self.usage = usage_of(document)
         common = pb.CommonResponse(
             # A backend's own x-cascade-escalate never triggers a retry: only the verdict's does.
             header_mutation=pb.HeaderMutation(
@@ -289,6 +303,8 @@ class GateAttempt:
                 band=verdict.band,
                 reason=verdict.reason,
                 reasons=verdict.reasons,
+                tokens_in=self.usage[0] if verdict.escalate else None,
+                tokens_out=self.usage[1] if verdict.escalate else None,
             ),
             self.info,
         )

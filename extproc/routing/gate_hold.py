@@ -24,7 +24,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from google.protobuf import duration_pb2
 
-from extproc.core.gate import Answer, GateSettings, answer_of
+from extproc.core.gate import Answer, GateSettings, answer_of, usage_of
 from extproc.core.gate_stream import MAX_BYTES, StreamPrefix
 from extproc.core.headers import ESCALATE
 from extproc.routing import mutations
@@ -33,7 +33,7 @@ __all__ = ["Hold"]
 
 
 class Hold:
-    __slots__ = ("_body", "held", "holding", "prefix", "settings", "started", "stream")
+    __slots__ = ("_body", "_usage", "held", "holding", "prefix", "settings", "started", "stream")
 
     def __init__(self, settings: GateSettings, stream: bool) -> None:
         self.settings = settings
@@ -43,6 +43,7 @@ class Hold:
         self.started = 0.0
         self.prefix = StreamPrefix()
         self._body = bytearray()
+        self._usage: tuple[int | None, int | None] = (None, None)
 
     def start(self, timeout_ms: int) -> list[pb.ProcessingResponse]:
         """Hold the response headers (no answer yet), Envoy waiting up to `timeout_ms`."""
@@ -74,9 +75,15 @@ class Hold:
         if self.stream:
             return self.prefix.answer(complete)
         try:
-            return answer_of(orjson.loads(bytes(self._body)))
+            document = orjson.loads(bytes(self._body))
         except orjson.JSONDecodeError:
             return None
+        self._usage = usage_of(document)
+        return answer_of(document)
+
+    def usage(self) -> tuple[int | None, int | None]:
+        """Tokens of the held answer: its `usage`, or a stream's content events so far."""
+        return (None, self.prefix.tokens) if self.stream else self._usage
 
     def release(self, sets: list[base_pb2.HeaderValueOption]) -> list[pb.ProcessingResponse]:
         """The held messages' answers: the headers (with `sets`), then every held chunk."""

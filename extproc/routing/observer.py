@@ -105,6 +105,10 @@ class GateInfo:
     reasons: tuple[str, ...] = ()
     #: not judged, and why (`status`, `encoded`, `unparsable`); "" when judged
     skipped: str = ""
+    #: tokens of an escalated (discarded) answer, charged to its tier: the backend's `usage`,
+    #: or for a stream the content events held so far (prompt tokens unknown: None)
+    tokens_in: int | None = None
+    tokens_out: int | None = None
 
 
 class Observer(Protocol):

@@ -74,6 +74,8 @@ def gate_record(gate: GateInfo, request: RequestInfo, now_ns: int) -> dict[str, 
         "band": gate.band or None,
         "reasons": list(gate.reasons),
         "skipped": gate.skipped or None,
+        "tokens_in": gate.tokens_in,
+        "tokens_out": gate.tokens_out,
         "fn_suspect": escalated,
         "signals": [SIGNAL_GATE] if escalated else [],
     }
@@ -90,6 +92,7 @@ class GateRecording:
         snapshot = self._snapshot()
         metrics: GateMetrics = self.metrics.gate
         tier = records.tier_label(snapshot, gate.tier)
+        cost = 0.0
         if gate.skipped:
             skip = gate.skipped if gate.skipped in _SKIPS else records.OTHER
             metrics.verdicts.labels(tier, f"skipped_{skip}").inc()
@@ -99,9 +102,24 @@ class GateRecording:
                 metrics.findings.labels(tier, _check(name)).inc()
             if gate.escalate_to:
                 metrics.verdicts.labels(tier, "escalated").inc()
+                cost = self._charge(snapshot, tier, gate)
                 target = records.tier_label(snapshot, gate.escalate_to)
                 metrics.escalations.labels(tier, target, _check(gate.reason)).inc()
             else:
                 metrics.verdicts.labels(tier, "passed").inc()
         if self.decision_log is not None:
-            self.decision_log.write(gate_record(gate, request, time.time_ns()))
+            record = gate_record(gate, request, time.time_ns())
+            if gate.escalate_to:
+                record["cost"] = cost
+            self.decision_log.write(record)
+
+    def _charge(self, snapshot: Snapshot, tier: str, gate: GateInfo) -> float:
+        """The discarded answer costs too: its tokens and dollars go to its tier's series."""
+        if gate.tokens_in:
+            self.metrics.tokens.labels(tier, "input").inc(gate.tokens_in)
+        if gate.tokens_out:
+            self.metrics.tokens.labels(tier, "output").inc(gate.tokens_out)
+        cost = records.cost_of(snapshot, gate.tier, gate.tokens_in, gate.tokens_out)
+        if cost:
+            self.metrics.cost.labels(tier).inc(cost)
+        return cost

@@ -224,6 +224,18 @@ def test_a_streamed_request_is_not_held(stack: Gateway) -> None:
     assert reply.body.rstrip().endswith(b"data: [DONE]")
 
 
+def test_the_discarded_answer_is_charged_to_its_tier(stack: Gateway) -> None:
+    before = metric(stack, "cascade_tokens_total", tier="weak", kind="output")
+    stack.backends["weak"].script([{"content": REFUSAL}])
+    reply = stack.chat("hello")
+    assert reply.headers["x-mock-backend"] == "mid"
+    wait_for(
+        lambda: metric(stack, "cascade_tokens_total", tier="weak", kind="output") > before,
+        10,
+        "weak's tokens counted although mid answered",
+    )
+
+
 def test_counters_by_tier_and_outcome(stack: Gateway) -> None:
     passed = metric(stack, "cascade_gate_verdicts_total", tier="weak", outcome="passed")
     escalated = metric(stack, "cascade_gate_verdicts_total", tier="weak", outcome="escalated")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from extproc.config.snapshot import DEFAULT_CONFIG, compile_config
@@ -11,7 +12,9 @@ from extproc.routing.observer import GateInfo, RequestInfo
 from extproc.telemetry.gate_telemetry import GateRecording, gate_record
 from extproc.telemetry.metrics import Metrics
 
-SNAPSHOT = compile_config(DEFAULT_CONFIG.read_text())
+WEAK = "  - name: weak\n    model: qwen3-4b\n"
+PRICE = "    price: {input_per_mtok: 0.1, output_per_mtok: 0.4}\n"
+SNAPSHOT = compile_config(DEFAULT_CONFIG.read_text().replace(WEAK, WEAK + PRICE))
 
 
 class Log:
@@ -44,6 +47,8 @@ def test_verdicts_escalations_findings_and_records() -> None:
         band="low",
         reason="refusal_phrase",
         reasons=("refusal_phrase", "hedge_phrase"),
+        tokens_in=1000,
+        tokens_out=500,
     )
     recording.gated(escalated, request)
     recording.gated(GateInfo(tier="weak", confidence=1.0, band="trusted"), request)
@@ -71,6 +76,13 @@ def test_verdicts_escalations_findings_and_records() -> None:
     assert first["escalated_to"] == "strong" and first["fn_suspect"] is True
     assert first["signals"] == ["gate_escalation"]
     assert first["reasons"] == ["refusal_phrase", "hedge_phrase"]
+    # the discarded answer is charged to its tier
+    assert value(recording, "cascade_tokens_total", tier="weak", kind="output") == 500
+    assert value(recording, "cascade_tokens_total", tier="weak", kind="input") == 1000
+    assert first["tokens_out"] == 500
+    expected = 1000 * 0.1 / 1e6 + 500 * 0.4 / 1e6
+    assert first["cost"] == pytest.approx(expected)
+    assert value(recording, "cascade_cost_dollars_total", tier="weak") == pytest.approx(expected)
 
 
 def test_a_skipped_record_has_no_confidence() -> None:
