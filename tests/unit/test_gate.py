@@ -183,6 +183,18 @@ def test_schema_refs_and_any_of() -> None:
     assert first_error({"id": 1}, {"unknownKeyword": 1}) == ""  # not judged: valid
 
 
+def test_a_recursive_schema_is_bounded() -> None:
+    schema = {
+        "$defs": {"n": {"type": "object", "properties": {"next": {"$ref": "#/$defs/n"}}}},
+        "$ref": "#/$defs/n",
+    }
+    chain: dict[str, object] = {}
+    for _ in range(60):
+        chain = {"next": chain}
+    assert first_error(chain, schema) == ""  # deeper than MAX_DEPTH: not judged
+    assert first_error({"next": {"next": 3}}, schema) == "$.next.next: not object"
+
+
 def test_json_schema_response_format_escalates_on_violation() -> None:
     request = request_of(
         {"response_format": {"type": "json_schema", "json_schema": {"name": "p", "schema": SCHEMA}}}
