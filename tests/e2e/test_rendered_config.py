@@ -40,6 +40,7 @@ def test_every_variant_is_present() -> None:
         "classifier-deployments.cascade.yaml",
         "classifier-endpoints.cascade.yaml",
         "three-tiers.cascade.yaml",
+        "confidence-gate.cascade.yaml",
     } <= names
 
 
