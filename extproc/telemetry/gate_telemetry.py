@@ -19,12 +19,17 @@ from extproc.core.gate import CHECKS
 from extproc.routing.observer import GateInfo, RequestInfo
 from extproc.telemetry import records
 from extproc.telemetry.decision_log import DecisionLog
+from extproc.telemetry.tracing import Tracing
 
 GATE_VERDICTS = "cascade_gate_verdicts_total"
 GATE_ESCALATIONS = "cascade_gate_escalations_total"
 GATE_FINDINGS = "cascade_gate_findings_total"
 GATE_CONFIDENCE = "cascade_gate_confidence"
 SIGNAL_GATE = "gate_escalation"
+#: A short span per verdict, child of the request's span (the `traceparent` the classifier set
+#: on the upstream request), with one event carrying the verdict.
+GATE_SPAN = "cascade.gate"
+GATE_EVENT = "gate.verdict"
 CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0)
 _SKIPS = {"status", "encoded", "unparsable"}
 
@@ -86,6 +91,7 @@ class GateRecording:
 
     metrics: Any
     decision_log: DecisionLog | None
+    tracing: Tracing
     _snapshot: Callable[[], Snapshot]
 
     def gated(self, gate: GateInfo, request: RequestInfo) -> None:
@@ -107,11 +113,30 @@ class GateRecording:
                 metrics.escalations.labels(tier, target, _check(gate.reason)).inc()
             else:
                 metrics.verdicts.labels(tier, "passed").inc()
+        if self.tracing.enabled:
+            self._span(gate, request)
         if self.decision_log is not None:
             record = gate_record(gate, request, time.time_ns())
             if gate.escalate_to:
                 record["cost"] = cost
             self.decision_log.write(record)
+
+    def _span(self, gate: GateInfo, request: RequestInfo) -> None:
+        now = time.time_ns()
+        span = self.tracing.start(request.headers, now, GATE_SPAN)
+        self.tracing.event(
+            span,
+            GATE_EVENT,
+            {
+                "cascade.gate.tier": gate.tier,
+                "cascade.gate.escalated_to": gate.escalate_to or None,
+                "cascade.gate.confidence": None if gate.skipped else gate.confidence,
+                "cascade.gate.band": gate.band or None,
+                "cascade.gate.reasons": ",".join(gate.reasons) or None,
+                "cascade.gate.skipped": gate.skipped or None,
+            },
+        )
+        self.tracing.end(span, time.time_ns())
 
     def _charge(self, snapshot: Snapshot, tier: str, gate: GateInfo) -> float:
         """The discarded answer costs too: its tokens and dollars go to its tier's series."""

@@ -11,6 +11,7 @@ from extproc.config.snapshot import DEFAULT_CONFIG, compile_config
 from extproc.routing.observer import GateInfo, RequestInfo
 from extproc.telemetry.gate_telemetry import GateRecording, gate_record
 from extproc.telemetry.metrics import Metrics
+from extproc.telemetry.tracing import Tracing
 
 WEAK = "  - name: weak\n    model: qwen3-4b\n"
 PRICE = "    price: {input_per_mtok: 0.1, output_per_mtok: 0.4}\n"
@@ -26,9 +27,10 @@ class Log:
 
 
 class Recording(GateRecording):
-    def __init__(self) -> None:
+    def __init__(self, tracing: Tracing | None = None) -> None:
         self.metrics = Metrics(CollectorRegistry())
         self.decision_log = Log()  # type: ignore[assignment]
+        self.tracing = tracing or Tracing(None)
         self._snapshot = lambda: SNAPSHOT
 
 
@@ -89,3 +91,26 @@ def test_a_skipped_record_has_no_confidence() -> None:
     record = gate_record(GateInfo(tier="weak", skipped="encoded"), RequestInfo(), 0)
     assert record["confidence"] is None and record["skipped"] == "encoded"
     assert record["fn_suspect"] is False
+
+
+def test_a_span_per_verdict_under_the_request_trace() -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    recording = Recording(Tracing(provider))
+    parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    request = RequestInfo(request_id="r1", headers={"traceparent": parent})
+    recording.gated(
+        GateInfo(tier="weak", escalate_to="strong", confidence=0.5, reasons=("refusal",)), request
+    )
+    (span,) = exporter.get_finished_spans()
+    assert span.name == "cascade.gate"
+    assert f"{span.context.trace_id:032x}" == "0af7651916cd43dd8448eb211c80319c"
+    (event,) = span.events
+    assert event.name == "gate.verdict"
+    assert event.attributes["cascade.gate.escalated_to"] == "strong"
+    assert event.attributes["cascade.gate.reasons"] == "refusal"
