@@ -14,6 +14,7 @@ tiers:
       streams: true             # hold and judge streamed answers too
       hold_tokens: 32           # streamed answers: the held prefix
       hold_ms: 500
+      logprobs: {request: false, mean_min: -1.2, low_quantile: 0.1, low_min: -4.0, min_tokens: 8}
   - name: strong                # the top tier: a gate here is an error
 classifiers:
   v7:
@@ -58,7 +59,9 @@ _GATE_KEYS = {
     "hold_tokens",
     "hold_ms",
     "streams",
+    "logprobs",
 }
+_LOGPROB_KEYS = {"request", "mean_min", "low_quantile", "low_min", "min_tokens"}
 BETWEEN = ("accept", "near_threshold")
 MAX_HOLD_TOKENS = 4096
 MAX_HOLD_MS = 60_000
@@ -124,6 +127,38 @@ def _bounded(check: Checker, value: object, path: str, high: int) -> int:
     return number
 
 
+def _negative(check: Checker, value: object, path: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise check.fail(path, f"expected a number, got {type(value).__name__}")
+    if value > 0:
+        raise check.fail(path, f"expected a logprob (<= 0), got {value}")
+    return float(value)
+
+
+def _logprobs(check: Checker, value: object, path: str, defaults: GateSettings) -> dict[str, Any]:
+    """The `logprobs:` mapping of a gate: thresholds of the logprob checks, and `request`."""
+    spec = check.mapping(value if value is not None else {}, path, _LOGPROB_KEYS)
+    quantile = _unit(
+        check, spec.get("low_quantile", defaults.logprob_quantile), f"{path}.low_quantile"
+    )
+    return {
+        "request_logprobs": check.boolean(spec.get("request", False), join_path(path, "request")),
+        "logprob_mean_min": _negative(
+            check, spec.get("mean_min", defaults.logprob_mean_min), f"{path}.mean_min"
+        ),
+        "logprob_quantile": quantile,
+        "logprob_low_min": _negative(
+            check, spec.get("low_min", defaults.logprob_low_min), f"{path}.low_min"
+        ),
+        "logprob_min_tokens": _bounded(
+            check,
+            spec.get("min_tokens", defaults.logprob_min_tokens),
+            f"{path}.min_tokens",
+            1 << 20,
+        ),
+    }
+
+
 def _tier_gate(
     check: Checker, tier: Tier, spec: Any, path: str, tiers: tuple[Tier, ...], base: Path
 ) -> TierGate | None:
@@ -185,6 +220,7 @@ def _tier_gate(
         hold_ms=_bounded(
             check, gate.get("hold_ms", defaults.hold_ms), f"{path}.hold_ms", MAX_HOLD_MS
         ),
+        **_logprobs(check, gate.get("logprobs"), join_path(path, "logprobs"), defaults),
     )
     return TierGate(tier.name, target, settings)
 

@@ -98,6 +98,9 @@ class GateSettings:
     logprob_mean_min: float = -1.2
     logprob_quantile: float = 0.1
     logprob_low_min: float = -4.0
+    #: ask the gated attempt's backend for logprobs when the client did not (non-streamed
+    #: requests), and strip them from the answer the client gets
+    request_logprobs: bool = False
     #: streamed answers are held and judged too (the per-attempt filter then sees every
     #: response chunk of the gated tier's attempts); the held prefix (tokens = content events)
     #: and its time bound

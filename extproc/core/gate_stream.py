@@ -15,7 +15,7 @@ import orjson
 
 from extproc.core.gate import Answer, logprobs_of
 
-__all__ = ["MAX_BYTES", "StreamPrefix"]
+__all__ = ["MAX_BYTES", "StreamPrefix", "with_logprobs", "without_logprobs"]
 
 MAX_BYTES = 1 << 20
 
@@ -108,3 +108,30 @@ class StreamPrefix:
             logprobs=tuple(self._logprobs),
             complete=complete,
         )
+
+
+def with_logprobs(body: bytes) -> bytes | None:
+    """The request body asking for logprobs (`request_logprobs`); None when it is no JSON
+    object or asks already."""
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(document, dict) or document.get("logprobs") is True:
+        return None
+    document["logprobs"] = True
+    return orjson.dumps(document)
+
+
+def without_logprobs(document: Any) -> bytes | None:
+    """A `chat.completion` with every choice's `logprobs` set to null (the client did not ask
+    for them); None when there is nothing to strip."""
+    choices = document.get("choices") if isinstance(document, dict) else None
+    if not isinstance(choices, list):
+        return None
+    stripped = False
+    for choice in choices:
+        if isinstance(choice, dict) and choice.get("logprobs") is not None:
+            choice["logprobs"] = None
+            stripped = True
+    return orjson.dumps(document) if stripped else None

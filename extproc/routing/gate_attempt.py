@@ -23,6 +23,7 @@ from __future__ import annotations
 import collections
 import logging
 import time
+from typing import Any
 
 import orjson
 from envoy.config.core.v3 import base_pb2
@@ -43,6 +44,7 @@ from extproc.core.gate import (
     request_of,
     usage_of,
 )
+from extproc.core.gate_stream import with_logprobs, without_logprobs
 from extproc.routing import mutations
 from extproc.routing.gate_hold import Hold
 from extproc.routing.observer import GateInfo, Observer, RequestInfo
@@ -122,11 +124,13 @@ class GateAttempt:
     """One gated attempt, or the attempt after an escalation (`follow`)."""
 
     __slots__ = (
+        "add_logprobs",
         "escalate_to",
         "follow",
         "gate",
         "hold",
         "info",
+        "length",
         "near",
         "observer",
         "request",
@@ -151,6 +155,10 @@ class GateAttempt:
         self.follow = follow
         self.request = GateRequest()
         self.status = ""
+        #: the gate asked the backend for logprobs (`request_logprobs`): strip them on release
+        self.add_logprobs = False
+        #: the backend's answer declared a content-length (held mode sets the new one)
+        self.length = False
         #: the aggregate's filter sends every response (`gate.streams`): the answer is held by
         #: not answering its messages yet (`extproc.routing.gate_hold`)
         self.hold: Hold | None = None
@@ -199,6 +207,21 @@ class GateAttempt:
             return
         if isinstance(document, dict):
             self.request = request_of(document)
+            self.add_logprobs = (
+                self.gate.settings.request_logprobs
+                and document.get("stream") is not True
+                and document.get("logprobs") is not True
+            )
+
+    def request_body(self, body: bytes) -> bytes | None:
+        """The gated attempt's body asking for logprobs, or None to leave it."""
+        return with_logprobs(body) if self.add_logprobs else None
+
+    def _stripped(self, verdict: Verdict, document: Any) -> bytes | None:
+        """The released answer without the logprobs the gate asked for."""
+        if not self.add_logprobs or verdict.escalate:
+            return None
+        return without_logprobs(document)
 
     def _read_status(self, message: pb.HttpHeaders) -> None:
         encoded = False
@@ -207,6 +230,8 @@ class GateAttempt:
                 self.status = header.raw_value.decode("latin-1")
             elif header.key == "content-encoding" and header.raw_value not in (b"", b"identity"):
                 encoded = True
+            elif header.key == headers.CONTENT_LENGTH:
+                self.length = True
         if encoded:
             self.status = "encoded"
 
@@ -233,7 +258,12 @@ class GateAttempt:
             self.skipped("unparsable")
             return hold.release(self.followed_headers())
         self.usage = hold.usage()
-        return hold.release(self.decided(judge(gate.settings, self.request, answer, self.near)))
+        verdict = judge(gate.settings, self.request, answer, self.near)
+        body = None if hold.stream else self._stripped(verdict, hold.document)
+        sets = self.decided(verdict)
+        if body is not None and self.length:
+            sets.append(_set(headers.CONTENT_LENGTH, str(len(body))))
+        return hold.release(sets, body)
 
     def on_response_headers(self, message: pb.HttpHeaders) -> pb.ProcessingResponse:
         self._read_status(message)
@@ -261,12 +291,16 @@ class GateAttempt:
             return mutations.EMPTY_RESPONSE_BODY
         verdict = judge(gate.settings, self.request, answer, self.near)
         self.usage = usage_of(document)
+        sets = self.decided(verdict)
+        body = self._stripped(verdict, document)
+        if body is not None:
+            sets.append(_set(headers.CONTENT_LENGTH, str(len(body))))
         common = pb.CommonResponse(
             # A backend's own x-cascade-escalate never triggers a retry: only the verdict's does.
-            header_mutation=pb.HeaderMutation(
-                set_headers=self.decided(verdict), remove_headers=[headers.ESCALATE]
-            )
+            header_mutation=pb.HeaderMutation(set_headers=sets, remove_headers=[headers.ESCALATE])
         )
+        if body is not None:
+            common.body_mutation.body = body
         return pb.ProcessingResponse(response_body=pb.BodyResponse(response=common))
 
     def followed_headers(self) -> list[base_pb2.HeaderValueOption]:

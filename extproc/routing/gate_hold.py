@@ -18,6 +18,7 @@ nothing of the attempt's response before that answer. The server
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import orjson
 from envoy.config.core.v3 import base_pb2
@@ -33,7 +34,17 @@ __all__ = ["Hold"]
 
 
 class Hold:
-    __slots__ = ("_body", "_usage", "held", "holding", "prefix", "settings", "started", "stream")
+    __slots__ = (
+        "_body",
+        "_usage",
+        "document",
+        "held",
+        "holding",
+        "prefix",
+        "settings",
+        "started",
+        "stream",
+    )
 
     def __init__(self, settings: GateSettings, stream: bool) -> None:
         self.settings = settings
@@ -44,6 +55,8 @@ class Hold:
         self.prefix = StreamPrefix()
         self._body = bytearray()
         self._usage: tuple[int | None, int | None] = (None, None)
+        #: the parsed non-streamed answer, once judged
+        self.document: Any = None
 
     def start(self, timeout_ms: int) -> list[pb.ProcessingResponse]:
         """Hold the response headers (no answer yet), Envoy waiting up to `timeout_ms`."""
@@ -79,18 +92,33 @@ class Hold:
         except orjson.JSONDecodeError:
             return None
         self._usage = usage_of(document)
+        self.document = document
         return answer_of(document)
 
     def usage(self) -> tuple[int | None, int | None]:
         """Tokens of the held answer: its `usage`, or a stream's content events so far."""
         return (None, self.prefix.tokens) if self.stream else self._usage
 
-    def release(self, sets: list[base_pb2.HeaderValueOption]) -> list[pb.ProcessingResponse]:
-        """The held messages' answers: the headers (with `sets`), then every held chunk."""
+    def release(
+        self, sets: list[base_pb2.HeaderValueOption], body: bytes | None = None
+    ) -> list[pb.ProcessingResponse]:
+        """The held messages' answers: the headers (with `sets`), then every held chunk; with
+        `body`, the first chunk becomes it and the others empty."""
         self.holding = False
         # A backend's own x-cascade-escalate never triggers a retry: only the verdict's does.
         mutation = pb.HeaderMutation(set_headers=sets, remove_headers=[ESCALATE])
         common = pb.CommonResponse(header_mutation=mutation)
         first = pb.ProcessingResponse(response_headers=pb.HeadersResponse(response=common))
         held, self.held = self.held, 0
-        return [first, *([mutations.EMPTY_RESPONSE_BODY] * held)]
+        if body is None or not held:
+            return [first, *([mutations.EMPTY_RESPONSE_BODY] * held)]
+        replaced = pb.CommonResponse()
+        replaced.body_mutation.body = body
+        cleared = pb.CommonResponse()
+        cleared.body_mutation.clear_body = True
+        rest = [pb.ProcessingResponse(response_body=pb.BodyResponse(response=cleared))] * (held - 1)
+        return [
+            first,
+            pb.ProcessingResponse(response_body=pb.BodyResponse(response=replaced)),
+            *rest,
+        ]

@@ -148,6 +148,8 @@ class UpstreamProcessor:
         if self.gate is not None:
             self.gate.on_request_body(message.body)
         body = self._rewritten(message.body)
+        if self.gate is not None:  # with `request_logprobs`: ask the gated attempt for them
+            body = self.gate.request_body(body if body is not None else message.body) or body
         if body is not None:
             common = _content_length(len(body))
             common.body_mutation.body = body

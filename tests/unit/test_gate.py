@@ -13,7 +13,7 @@ import yaml
 
 from extproc.core import gate
 from extproc.core.gate import Answer, GateRequest, GateSettings, answer_of, judge, request_of
-from extproc.core.gate_stream import StreamPrefix
+from extproc.core.gate_stream import StreamPrefix, with_logprobs, without_logprobs
 from extproc.core.json_subset import first_error
 from extproc.core.keywords import KeywordMatcher
 
@@ -345,3 +345,18 @@ def test_a_stream_prefix_reads_refusal_deltas_and_ignores_junk() -> None:
     answer = prefix.answer(complete=False)
     assert answer.refusal == "No."
     assert judge(SETTINGS, PLAIN, answer).reasons == ("refusal",)
+
+
+def test_logprobs_asked_for_and_stripped() -> None:
+    asked = with_logprobs(b'{"model": "m", "messages": []}')
+    assert asked is not None and orjson.loads(asked)["logprobs"] is True
+    assert with_logprobs(b'{"logprobs": true}') is None  # asked already
+    assert with_logprobs(b"[1]") is None
+    answer = {"choices": [{"message": {"content": "x"}, "logprobs": {"content": []}}], "id": "a"}
+    stripped = without_logprobs(answer)
+    assert stripped is not None
+    assert orjson.loads(stripped) == {
+        "choices": [{"message": {"content": "x"}, "logprobs": None}],
+        "id": "a",
+    }
+    assert without_logprobs({"choices": [{"logprobs": None}]}) is None  # nothing to strip

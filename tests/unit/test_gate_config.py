@@ -51,6 +51,20 @@ def test_a_gate_with_defaults_escalates_to_the_next_tier() -> None:
     assert (gate.settings.escalate_below, gate.settings.trust_above) == (0.70, 0.85)
     assert (gate.settings.hold_tokens, gate.settings.hold_ms) == (32, 500)
     assert gate.settings.streams
+    assert not gate.settings.request_logprobs
+    tuned = (
+        compile_config(
+            config("{logprobs: {request: true, mean_min: -0.5, low_min: -3, min_tokens: 4}}")
+        )
+        .gates.tiers["weak"]
+        .settings
+    )
+    assert (tuned.request_logprobs, tuned.logprob_mean_min, tuned.logprob_low_min) == (
+        True,
+        -0.5,
+        -3.0,
+    )
+    assert tuned.logprob_min_tokens == 4
     assert not compile_config(config("{streams: false}")).gates.tiers["weak"].settings.streams
     assert gate.settings.refusal_phrases is not None
     assert gates.chain("weak") == ("weak", "mid")
@@ -119,6 +133,9 @@ def test_max_escalations_chains_gated_tiers() -> None:
         (config("{hold_ms: 999999}"), "tiers[0].gate.hold_ms", "<= 60000"),
         (config("{colour: red}"), "tiers[0].gate.colour", "unknown key"),
         (config("{streams: 1}"), "tiers[0].gate.streams", "true or false"),
+        (config("{logprobs: {mean_min: 0.5}}"), "tiers[0].gate.logprobs.mean_min", "<= 0"),
+        (config("{logprobs: {low_quantile: 2}}"), "tiers[0].gate.logprobs.low_quantile", "0..1"),
+        (config("{logprobs: {nope: 1}}"), "tiers[0].gate.logprobs.nope", "unknown key"),
         (config("{phrases_file: missing.yaml}"), "tiers[0].gate.phrases_file", "cannot read"),
         (config(extra="gate: {max_escalations: 3}\n"), "gate.max_escalations", "at most 2"),
         (
