@@ -37,6 +37,8 @@ class DemoRequest:
     headers: dict[str, str] = dataclasses.field(default_factory=dict)
     method: str = "POST"
     path: str = "/v1/chat/completions"
+    #: the weak backend's answer to this request (the mock's script), e.g. a refusal
+    weak_answer: dict[str, str] | None = None
 
 
 def _chat(*texts: str, stream: bool = False) -> bytes:
@@ -67,6 +69,11 @@ REQUESTS = [
     DemoRequest("6 messages", _chat("hi", "hello", "how are you", "fine", "ok", "thanks")),
     DemoRequest("spoofed tier header", _chat("hello there"), headers={"x-cascade-tier": "strong"}),
     DemoRequest("streaming (SSE)", _chat("debug this stack trace", stream=True)),
+    DemoRequest(
+        "weak refuses: gate",
+        _chat("What is the capital of France?"),
+        weak_answer={"content": "I'm sorry, but I can't help with that."},
+    ),
     DemoRequest("GET /v1/models", None, method="GET", path="/v1/models"),
     DemoRequest("invalid JSON", b"{not json"),
     DemoRequest("cache: first ask", _CACHED, headers=_DEMO_USER),
@@ -102,6 +109,8 @@ def demo_config() -> str:
             tier["price"] = {"input_per_mtok": price_in, "output_per_mtok": price_out}
     document["telemetry"] = {"response_processing": True}
     document["cache"] = {"identity_headers": ["x-user-id"], "semantic": {"enabled": True}}
+    # The confidence gate on weak: a refusal (or a cut, empty, invalid answer) goes to strong.
+    document["tiers"][0]["gate"] = {}
     return yaml.safe_dump(document, allow_unicode=True, sort_keys=False)
 
 
@@ -198,6 +207,8 @@ class Demo:
         rows = []
         failures = 0
         for request in REQUESTS:
+            if request.weak_answer is not None:
+                self.backends[0].script([request.weak_answer])
             status, headers, _body, elapsed = await asyncio.to_thread(_send, self.port, request)
             backend = headers.get("x-mock-backend", "-")
             if status == 400:
@@ -210,7 +221,8 @@ class Demo:
                     request.label,
                     str(status),
                     headers.get("x-cascade-served-tier", "-") if status == 200 else "-",
-                    urllib.parse.unquote(headers.get("x-cascade-reason") or "-"),
+                    urllib.parse.unquote(headers.get("x-cascade-reason") or "-")
+                    + (f", escalated {e}" if (e := headers.get("x-cascade-escalated")) else ""),
                     backend,
                     f"{elapsed * 1000:.1f} ms",
                 )

@@ -88,7 +88,7 @@ class Canary:
     rollout: Rollout = field(default_factory=Rollout)
 
 
-_RULE_KEYS = {"name", "kind", "tier", "keywords", "gt", "lt", "enabled", "text"}
+_RULE_KEYS = {"name", "kind", "tier", "keywords", "gt", "lt", "enabled", "text", "gate"}
 _SCORER_KEYS = {
     "name",
     "kind",
@@ -98,6 +98,7 @@ _SCORER_KEYS = {
     "strong_share",
     "abstain",
     "enabled",
+    "gate",
 }
 
 

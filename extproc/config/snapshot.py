@@ -40,6 +40,7 @@ from extproc.config.envoy import (
     RetrySettings,
     compile_envoy,
 )
+from extproc.config.gate import Gates, compile_gates
 from extproc.config.telemetry import (
     DecisionLogSettings,
     FeedbackSettings,
@@ -116,6 +117,8 @@ class Snapshot:
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
     cache: CacheSettings = field(default_factory=CacheSettings)
     capture: CaptureSettings = field(default_factory=CaptureSettings)
+    #: the confidence gates (`extproc.config.gate`)
+    gates: Gates = field(default_factory=Gates)
     raw: Mapping[str, Any] = field(repr=False, compare=False, default_factory=dict)
 
     def tier(self, name: str) -> Tier:
@@ -158,6 +161,7 @@ _TOP_KEYS = {
     "telemetry",
     "cache",
     "capture",
+    "gate",
 }
 
 
@@ -253,6 +257,21 @@ def _compile_sections(check: Checker, top: dict[str, Any], present: set[str]) ->
         ),
         CaptureSettings(),
     )
+    raw_classifiers = top.get("classifiers")
+    gates = check.attempt(  # the tiers' gates, once the tiers themselves compiled
+        lambda: (
+            compile_gates(
+                check,
+                top.get("tiers"),
+                tiers,
+                raw_classifiers if isinstance(raw_classifiers, dict) else {},
+                top.get("gate"),
+            )
+            if tiers
+            else Gates()
+        ),
+        Gates(),
+    )
     if check.errors:
         return None
     return Snapshot(
@@ -268,6 +287,7 @@ def _compile_sections(check: Checker, top: dict[str, Any], present: set[str]) ->
         telemetry=telemetry,
         cache=cache,
         capture=capture,
+        gates=gates,
         raw=top,
     )
 

@@ -79,6 +79,7 @@ class Tier:
 
 
 _TIER_KEYS = {"name", "model", "price", "backends", "fallback", "mirror", "sticky_header"}
+_TIER_KEYS.add("gate")  # the confidence gate: compiled by extproc.config.gate
 
 
 def compile_tiers(check: Checker, value: object) -> tuple[Tier, ...]:

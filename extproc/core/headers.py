@@ -35,3 +35,11 @@ SERVED_CLUSTER = "x-cascade-served-cluster"
 #: W3C trace context, read from the request and set on the way upstream.
 TRACEPARENT = "traceparent"
 TRACESTATE = "tracestate"
+#: Confidence gate: set on a held answer that failed the gate (the route retries it on the next
+#: tier); on the client's answer, the escalation (`weak->strong`) and the gated confidence.
+ESCALATE = "x-cascade-escalate"
+ESCALATED = "x-cascade-escalated"
+CONFIDENCE = "x-cascade-confidence"
+#: Set by the classifier on a request its tier's gate will judge: `answer` or `stream`, plus
+#: `;near` when a scorer decided close to its threshold (the `near_threshold` policy).
+GATE = "x-cascade-gate"

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from extproc.config.snapshot import Backend, Snapshot, Tier, fallback_chain
+from extproc.config.snapshot import Backend, Snapshot, Tier
 from extproc.core.hostport import join_host_port
+from extproc.gateway import gate
 from extproc.gateway.common import (
     EXT_PROC_BUFFER_HEADROOM,
     EXT_PROC_CANARY,
@@ -201,9 +202,9 @@ def fallback_clusters(snapshot: Snapshot) -> list[dict[str, Any]]:
     """Aggregate clusters: the tier's cluster at priority 0, its fallback tiers after it."""
     clusters = []
     for tier in snapshot.tiers:
-        if tier.fallback is None:
+        chain = gate.members(snapshot, tier)  # fallback chain, after a gate's escalation chain
+        if not chain:
             continue
-        chain = fallback_chain(snapshot, tier.name)[1:]
         members = [tier_cluster(snapshot.tier(name)) for name in chain]
         groups = tier.backend_groups
         bases = (
@@ -228,7 +229,9 @@ def fallback_clusters(snapshot: Snapshot) -> list[dict[str, Any]]:
                     # Filters of member clusters do not run behind an aggregate: the
                     # per-attempt model rewrite and fallback count sit here.
                     "typed_extension_protocol_options": upstream_filters(
-                        snapshot, rewrite=snapshot.server.rewrite_model
+                        snapshot,
+                        rewrite=snapshot.server.rewrite_model,
+                        **gate.filter_options(snapshot, tier),
                     ),
                 }
             )

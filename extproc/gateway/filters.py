@@ -131,15 +131,24 @@ def body_filter(snapshot: Snapshot) -> dict[str, Any] | None:
     }
 
 
-def upstream_ext_proc_filter(snapshot: Snapshot, *, rewrite: bool) -> dict[str, Any]:
+def upstream_ext_proc_filter(
+    snapshot: Snapshot, *, rewrite: bool, gate: bool = False, hold_ms: int | None = None
+) -> dict[str, Any]:
     """The per-attempt (upstream) ext_proc: runs after the load balancer picked a host.
 
     The same server answers it in its upstream role (gRPC metadata `x-cascade-role: upstream`):
     it reads the host's metadata (`cascade.tier`, `cascade.model`), counts a fallback when the
     host's tier is not the decided one, and with `rewrite` sets the body's `model` to the
     host's model (a retry moved from strong to weak must not ask weak for the strong model).
+    With `gate` (a gated tier's aggregate) it reads every request body (the gate's request
+    facts) and may ask, per attempt, for the response (`allow_mode_override`); with `hold_ms`
+    (the gate holds streams too) it sees every response instead, and the server may hold the
+    response headers while the first chunks arrive (`gate_stream_modes`).
     """
     settings = snapshot.envoy
+    modes: dict[str, Any] = {"allow_mode_override": True} if gate else {}
+    if hold_ms is not None:
+        modes = gate_stream_modes(settings.message_timeout_ms, hold_ms)
     return {
         "name": "envoy.filters.http.ext_proc",
         "typed_config": {
@@ -157,13 +166,14 @@ def upstream_ext_proc_filter(snapshot: Snapshot, *, rewrite: bool) -> dict[str, 
             "forward_rules": forwarded_headers(snapshot, headers.CONTENT_LENGTH, headers.STATUS),
             "processing_mode": {
                 "request_header_mode": "SEND",
-                "request_body_mode": "BUFFERED" if rewrite else "NONE",
-                "response_header_mode": "SKIP",
-                "response_body_mode": "NONE",
+                "request_body_mode": "BUFFERED" if rewrite or gate else "NONE",
+                "response_header_mode": "SEND" if hold_ms is not None else "SKIP",
+                "response_body_mode": "STREAMED" if hold_ms is not None else "NONE",
                 "request_trailer_mode": "SKIP",
                 "response_trailer_mode": "SKIP",
             },
             "request_attributes": ["xds.upstream_host_metadata", "upstream.address"],
+            **modes,
             "mutation_rules": {
                 "disallow_all": True,
                 "allow_expression": {"regex": "^(x-cascade-.*|content-length)$"},
@@ -175,13 +185,24 @@ def upstream_ext_proc_filter(snapshot: Snapshot, *, rewrite: bool) -> dict[str, 
     }
 
 
-def upstream_filters(snapshot: Snapshot, *, rewrite: bool) -> dict[str, Any]:
+def gate_stream_modes(message_timeout_ms: int, hold_ms: int) -> dict[str, Any]:
+    """Body chunks go to the server while it holds the response headers; it may extend the
+    held message's timeout up to the hold (a stall beyond it fails open: released unjudged)."""
+    return {
+        "send_body_without_waiting_for_header_response": True,
+        "max_message_timeout": duration(max(message_timeout_ms, hold_ms) + 1000),
+    }
+
+
+def upstream_filters(
+    snapshot: Snapshot, *, rewrite: bool, gate: bool = False, hold_ms: int | None = None
+) -> dict[str, Any]:
     return {
         HTTP_PROTOCOL_OPTIONS: {
             "@type": TYPE + HTTP_PROTOCOL_OPTIONS,
             "explicit_http_config": {"http_protocol_options": {}},
             "http_filters": [
-                upstream_ext_proc_filter(snapshot, rewrite=rewrite),
+                upstream_ext_proc_filter(snapshot, rewrite=rewrite, gate=gate, hold_ms=hold_ms),
                 {
                     "name": "envoy.filters.http.upstream_codec",
                     "typed_config": {

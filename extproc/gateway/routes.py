@@ -6,6 +6,7 @@ from typing import Any
 
 from extproc.config.snapshot import Snapshot, Tier
 from extproc.core import headers
+from extproc.gateway import gate
 from extproc.gateway.common import (
     EARLY_HEADER_MUTATION,
     EXT_PROC_CANARY,
@@ -49,7 +50,7 @@ def route_targets(snapshot: Snapshot, tier: Tier) -> list[tuple[str, int]]:
         ]
     else:
         bases = [(tier_cluster(tier), 100)]
-    if tier.fallback is None:
+    if not gate.members(snapshot, tier):  # neither a fallback nor a gate's escalation
         return bases
     return [(fallback_cluster(name), weight) for name, weight in bases]
 
@@ -114,7 +115,9 @@ def route_action(snapshot: Snapshot, tier: Tier, *, mirror: bool = True) -> dict
             action["hash_policy"] = [{"header": {"header_name": tier.sticky_header}}]
         action["weighted_clusters"] = split
     action["timeout"] = f"{snapshot.envoy.route_timeout_s}s"
-    action["retry_policy"] = retry_policy(snapshot, fallback=tier.fallback is not None)
+    action["retry_policy"] = retry_policy(snapshot, fallback=bool(gate.members(snapshot, tier)))
+    if gate.gated(snapshot, tier):
+        action["retry_policy"] = gate.with_gate_retries(action["retry_policy"])
     if mirror and tier.mirror is not None and tier.mirror.percent > 0:
         target = snapshot.tier(tier.mirror.tier)
         action["request_mirror_policies"] = [

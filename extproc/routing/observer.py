@@ -90,6 +90,27 @@ class ResponseInfo:
         return self.status != 0 or self.first_chunk is not None
 
 
+@dataclass(frozen=True, slots=True)
+class GateInfo:
+    """One confidence-gate verdict on a held answer (upstream role)."""
+
+    tier: str
+    #: the tier the answer is escalated to; "" when it passed
+    escalate_to: str = ""
+    confidence: float = 1.0
+    #: "trusted", "between" or "low" (`extproc.core.gate.Verdict.band`)
+    band: str = ""
+    #: the heaviest finding's check, and every finding's
+    reason: str = ""
+    reasons: tuple[str, ...] = ()
+    #: not judged, and why (`status`, `encoded`, `unparsable`); "" when judged
+    skipped: str = ""
+    #: tokens of an escalated (discarded) answer, charged to its tier: the backend's `usage`,
+    #: or for a stream the content events held so far (prompt tokens unknown: None)
+    tokens_in: int | None = None
+    tokens_out: int | None = None
+
+
 class Observer(Protocol):
     def started(self, request: RequestInfo) -> Trace: ...
 
@@ -101,6 +122,10 @@ class Observer(Protocol):
 
     def fell_back(self, from_tier: str, to_tier: str, request: RequestInfo) -> None:
         """An attempt went to `to_tier` although `from_tier` was decided (upstream role)."""
+        ...
+
+    def gated(self, gate: GateInfo, request: RequestInfo) -> None:
+        """The confidence gate judged (or skipped) a held answer (upstream role)."""
         ...
 
     def finished(
@@ -126,6 +151,9 @@ class NullObserver:
         pass
 
     def fell_back(self, from_tier: str, to_tier: str, request: RequestInfo) -> None:
+        pass
+
+    def gated(self, gate: GateInfo, request: RequestInfo) -> None:
         pass
 
     def finished(

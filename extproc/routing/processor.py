@@ -29,7 +29,7 @@ from extproc.core import headers
 from extproc.core.chat import ChatRequest, parse_chat
 from extproc.core.classify import RULE_ERROR, RULE_UNPARSED, Decision, classify
 from extproc.core.excerpt import retry_excerpt
-from extproc.routing import mutations
+from extproc.routing import gate_attempt, mutations
 from extproc.routing.cache import HEADER as CACHE_HEADER
 from extproc.routing.cache import CachePath
 from extproc.routing.cache_store import CacheStore
@@ -237,7 +237,7 @@ class RequestProcessor:
             self._tap = self.pairs.primary_tap(self.snapshot, self.info, decision, chat)
         if self._pending is None:
             self._pending = self.decided
-        extra = self.trace.propagation
+        extra = (*self.trace.propagation, *gate_attempt.marker(self.snapshot, decision, chat))
         if cache:
             extra = (*extra, (CACHE_HEADER, cache))
         return mutations.routed(kind, decision, body=body, remove=self._spoofed(), extra=extra)

@@ -13,6 +13,9 @@ Per attempt it
 - with `capture:`, asks Envoy for the answer of a mirrored shadow copy whose primary is waiting
   and hands it to the pair joiner (`extproc/routing/capture_upstream.py`).
 
+On a gated tier's attempts the confidence gate holds and judges the answer
+(`extproc.routing.gate_attempt`).
+
 Anything unexpected (no metadata, a body that is not JSON) leaves the attempt unchanged.
 """
 
@@ -30,6 +33,7 @@ from extproc.routing import mutations
 from extproc.routing.attributes import host_of
 from extproc.routing.capture import PairJoiner, ShadowTap
 from extproc.routing.capture_upstream import SHADOW_KINDS, SHADOW_MODE, shadow_response
+from extproc.routing.gate_attempt import GateAttempt
 from extproc.routing.headermap import header_map
 from extproc.routing.observer import NullObserver, Observer, RequestInfo
 
@@ -59,6 +63,7 @@ class UpstreamProcessor:
     __slots__ = (
         "decided",
         "done",
+        "gate",
         "host_model",
         "host_tier",
         "info",
@@ -84,6 +89,25 @@ class UpstreamProcessor:
         self.decided = ""
         self.host_tier = ""
         self.host_model = ""
+        self.gate: GateAttempt | None = None
+
+    def handle_all(self, request: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
+        """The answers to send now, in order: usually one; none while the gate holds an answer,
+        several when it releases it (`extproc.routing.gate_hold`). Never raises."""
+        gate = self.gate
+        if gate is None or gate.hold is None:
+            return [self.handle(request)]
+        kind = request.WhichOneof("request") or ""
+        try:
+            if kind == "response_headers":
+                timeout = max(self.snapshot.envoy.message_timeout_ms, gate.hold.settings.hold_ms)
+                return gate.held_headers(request.response_headers, timeout + 1000)
+            if kind == "response_body":
+                return gate.held_body(request.response_body)
+        except Exception:
+            logger.exception("gate hold failed; releasing (request %s)", self.info.request_id)
+            return gate.hold.release([]) if gate.hold.holding else [self.handle(request)]
+        return [self.handle(request)]
 
     def handle(self, request: pb.ProcessingRequest) -> pb.ProcessingResponse:
         kind = request.WhichOneof("request") or ""
@@ -94,6 +118,10 @@ class UpstreamProcessor:
                 return self.on_request_body(request.request_body)
             if self.shadow is not None and kind in SHADOW_KINDS:
                 return shadow_response(self.shadow, request)
+            if kind == "response_headers" and self.gate is not None:
+                return self.gate.on_response_headers(request.response_headers)
+            if kind == "response_body" and self.gate is not None:
+                return self.gate.on_response_body(request.response_body)
         except Exception:
             logger.exception("upstream %s handling failed (request %s)", kind, self.info.request_id)
         return mutations.EMPTY_BY_KIND.get(kind, mutations.EMPTY_REQUEST_HEADERS)
@@ -109,11 +137,14 @@ class UpstreamProcessor:
         )
         self.decided = values.get(headers.TIER, "")
         self.host_tier, self.host_model, address = host_of(request)
+        self.gate = GateAttempt.open(self.snapshot, values, self.host_tier, info, self.observer)
+        escalated = self.gate is not None and self.gate.follow is not None
         if (
             self.decided
             and self.host_tier
             and self.host_tier != self.decided
             and headers.SHADOW_OF not in values
+            and not escalated  # a gate's escalation is counted as one, not as a fallback
         ):
             logger.info(
                 "fallback %s -> %s (host %s, request %s)",
@@ -129,12 +160,18 @@ class UpstreamProcessor:
             )
             if self.shadow is not None:
                 return SHADOW_MODE
+        if self.gate is not None:
+            return self.gate.request_headers_answer()
         return mutations.EMPTY_REQUEST_HEADERS
 
     def on_request_body(self, message: pb.HttpBody) -> pb.ProcessingResponse:
         if not message.end_of_stream:
             return mutations.EMPTY_REQUEST_BODY
+        if self.gate is not None:
+            self.gate.on_request_body(message.body)
         body = self._rewritten(message.body)
+        if self.gate is not None:  # with `request_logprobs`: ask the gated attempt for them
+            body = self.gate.request_body(body if body is not None else message.body) or body
         if body is not None:
             common = _content_length(len(body))
             common.body_mutation.body = body

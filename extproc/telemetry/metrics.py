@@ -30,6 +30,7 @@ from prometheus_client import (
 
 from extproc.config.snapshot import Snapshot
 from extproc.core.hostport import parse_listen
+from extproc.telemetry.gate_telemetry import GateMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +101,7 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         reg = self.registry
+        self.gate = GateMetrics(reg)  # the confidence gate's series (telemetry/gate_telemetry.py)
         self.decisions = Counter(
             DECISIONS, "Routing decisions", ["tier", "classifier", "rule"], registry=reg
         )

@@ -2,13 +2,12 @@
 
 On the answer path it only updates in-memory counters and span attributes. Everything that may
 wait (the state backend, the log file, span export) happens in background workers fed by a
-bounded queue; a full queue drops the record and counts it
-(`cascade_telemetry_dropped_total{sink="recorder"}`), it never slows an answer down.
+bounded queue; a full queue drops the record and counts it (`cascade_telemetry_dropped_total`).
 
 Per request, in the background, once its answer ended: the retry-pattern check against the
 user's recent requests, remembering this request for later checks and for `SubmitFeedback`,
-ending the span (with its real end time) and writing the decision-log record. What becomes a
-metric label is checked against the config first (`records.cluster_label`, `status_label`).
+ending the span (with its real end time) and writing the decision-log record. Metric labels are
+checked against the config first (`records.cluster_label`, `status_label`).
 """
 
 from __future__ import annotations
@@ -27,6 +26,7 @@ from extproc.config.snapshot import DecisionLogSettings, Snapshot
 from extproc.routing.observer import NO_TRACE, DecisionInfo, RequestInfo, ResponseInfo, Trace
 from extproc.telemetry import records
 from extproc.telemetry.decision_log import DecisionLog
+from extproc.telemetry.gate_telemetry import GateRecording
 from extproc.telemetry.metrics import Metrics
 from extproc.telemetry.misroute import (
     FALSE_NEGATIVE,
@@ -68,7 +68,7 @@ class FeedbackResult:
     suspicion: str  # "", false_negative, false_positive
 
 
-class Recorder:
+class Recorder(GateRecording):
     def __init__(
         self,
         snapshot: Callable[[], Snapshot],

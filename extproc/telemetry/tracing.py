@@ -74,12 +74,14 @@ class Tracing:
 
     # -- per request --------------------------------------------------------------------------
 
-    def start(self, headers: Mapping[str, str], start_ns: int) -> Span | None:
+    def start(
+        self, headers: Mapping[str, str], start_ns: int, name: str = SPAN_NAME
+    ) -> Span | None:
         if self._tracer is None:
             return None
         parent = _PROPAGATOR.extract(headers) if "traceparent" in headers else None
         return self._tracer.start_span(
-            SPAN_NAME, context=parent, kind=SpanKind.SERVER, start_time=start_ns or None
+            name, context=parent, kind=SpanKind.SERVER, start_time=start_ns or None
         )
 
     @staticmethod

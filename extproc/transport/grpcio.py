@@ -82,9 +82,12 @@ class ExtProcSession:
     def done(self) -> bool:
         return self._processor.done
 
-    def message(self, raw: bytes) -> bytes:
+    def message(self, raw: bytes) -> bytes | list[bytes]:
         request = pb.ProcessingRequest.FromString(raw)
-        answer = bytes(self._processor.handle(request).SerializeToString())
+        processor = self._processor
+        if isinstance(processor, UpstreamProcessor):  # may hold answers (the confidence gate)
+            return [bytes(a.SerializeToString()) for a in processor.handle_all(request)]
+        answer = bytes(processor.handle(request).SerializeToString())
         # the connection writes the answer when this returns; telemetry runs after that
         if self._processor.pending:
             _after_write(self._processor.after_answer)
@@ -141,6 +144,12 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
         self.in_flight += 1
         try:
             async for request in request_iterator:
+                if isinstance(processor, UpstreamProcessor):  # may hold answers (the gate)
+                    for answer in processor.handle_all(request):
+                        yield answer
+                    if processor.done:
+                        return
+                    continue
                 yield processor.handle(request)
                 processor.after_answer()  # resumed once the answer is written
                 if processor.done:

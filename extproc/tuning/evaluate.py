@@ -255,8 +255,8 @@ class Evaluator:
         self.collector = CurveCollector(self.tiers, self.versions) if curves else None
 
     def add(self, record: Record) -> None:
-        if record.get("kind") == "feedback":
-            return  # a decision log's feedback line: its request has its own record
+        if record.get("kind") in ("feedback", "gate"):
+            return  # a decision log's feedback or gate line: its request has its own record
         label = record.label
         if label is not None and label not in self.tiers:
             self.unknown_labels[label] = self.unknown_labels.get(label, 0) + 1

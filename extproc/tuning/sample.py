@@ -4,8 +4,8 @@ Every record gets a random key from `blake2b(seed, id)`, so the sample depends o
 the records, not on their order. Each record belongs to exactly one stratum, the first of:
 
 1. `suspect`: flagged `fn_suspect` or `fp_suspect` by the server (decision logs), on the request
-   record itself or by a later `kind: "feedback"` record with the same id (`feedback_suspects`
-   reads those in a first pass; feedback records are never rows themselves);
+   record itself or by a later `kind: "feedback"` or `kind: "gate"` record with the same id
+   (`feedback_suspects` reads those in a first pass; they are never rows themselves);
 2. `long`: among the longest requests (characters at or above the 95th percentile);
 3. `rare:<value>`: a value of the segment field (default `source`) under 5 % of records;
 4. `tier:<tier>`: by decided tier (the logged `tier` of a decision log, else the classifier's).
@@ -101,6 +101,9 @@ class _Smallest:
 
 
 FEEDBACK = "feedback"
+#: Decision-log lines that annotate a request logged on its own line: feedback, and the
+#: confidence gate's verdict (an escalation flags the request `fn_suspect`).
+ANNOTATIONS = (FEEDBACK, "gate")
 
 
 def suspicion(record: Record) -> str:
@@ -110,8 +113,8 @@ def suspicion(record: Record) -> str:
 
 
 def feedback_suspects(records: Iterable[Record]) -> dict[str, str]:
-    """Ids that feedback records of a decision log flag as suspected misroutes, and how."""
-    return {r.id: s for r in records if r.get("kind") == FEEDBACK and (s := suspicion(r))}
+    """Ids that feedback (or gate) records of a decision log flag as suspected misroutes."""
+    return {r.id: s for r in records if r.get("kind") in ANNOTATIONS and (s := suspicion(r))}
 
 
 class Sampler:
@@ -135,7 +138,7 @@ class Sampler:
         self.reservoir = _Smallest(RESERVOIR)
 
     def add(self, record: Record) -> None:
-        if record.get("kind") == FEEDBACK:
+        if record.get("kind") in ANNOTATIONS:
             return
         item = self._item(record)
         self.records += 1

@@ -83,12 +83,14 @@ class Gateway:
         classifier_env: dict[str, str] | None = None,
         edit_envoy: Callable[[dict[str, Any]], None] | None = None,
         strict_models: bool = False,
+        serve_args: tuple[str, ...] = (),
     ) -> None:
         """`extra_backends`: more mock backends, name -> model (in `backends`);
         `edit_config(document, gateway)`: change the cascade config after the overrides;
         `before_envoy(gateway)`: runs once the classifier is up, returns `envoy:` overrides;
         `edit_envoy(document)`: change the rendered Envoy bootstrap (tests only);
-        `strict_models`: backends answer 404 to a model they do not serve (vLLM-like)."""
+        `strict_models`: backends answer 404 to a model they do not serve (vLLM-like);
+        `serve_args`: more `cascade serve` options (e.g. `--transport grpcio`)."""
         self.workdir = workdir
         self.loop = BackgroundLoop()
         mock = functools.partial(
@@ -98,6 +100,7 @@ class Gateway:
         for name, model in (extra_backends or {}).items():
             self.backends[name] = mock(name, [model])
         self._edit_config = edit_config
+        self.serve_args = serve_args
         self._edit_envoy = edit_envoy
         #: extra environment of `cascade serve` (e.g. OTEL_* variables)
         self.classifier_env: dict[str, str] = dict(classifier_env or {})
@@ -162,6 +165,7 @@ class Gateway:
                     "--api-tokens",
                     str(write_api_tokens(self.workdir)),
                     *_free_metrics_port(),
+                    *self.serve_args,
                 ],
                 stdout=log,
                 stderr=log,

@@ -24,6 +24,8 @@ def test_demo_once_prints_routing_table() -> None:
     assert "strong" in rows["streaming (SSE)"]
     assert "weak" in rows["cache: first ask"]
     assert "(none: cache hit)" in rows["cache: asked again"]
+    assert "escalated weak->strong" in rows["weak refuses: gate"]
+    assert " strong " in rows["weak refuses: gate"]
     # the summary read from the server's /metrics endpoint
     assert "tier mix (decisions): strong 60% (6), weak 40% (4)" in out
     cost = next(line for line in out.splitlines() if "cost per 1k requests: $" in line)

@@ -42,6 +42,7 @@ def test_every_variant_is_present() -> None:
         "classifier-endpoints.cascade.yaml",
         "hosted-tier.cascade.yaml",
         "three-tiers.cascade.yaml",
+        "confidence-gate.cascade.yaml",
     } <= names
 
 

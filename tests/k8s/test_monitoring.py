@@ -38,8 +38,12 @@ COUNTERS_AND_GAUGES = {
     "cascade_routes_mismatch_total",
     "cascade_cache_lookups_total",
     "cascade_cache_saved_usd_total",
+    "cascade_gate_verdicts_total",
+    "cascade_gate_escalations_total",
+    "cascade_gate_findings_total",
 }
 HISTOGRAMS = {
+    "cascade_gate_confidence",
     "cascade_classify_duration_seconds",
     "cascade_ttft_seconds",
     "cascade_response_duration_seconds",
@@ -139,7 +143,7 @@ def test_promtool_check_rules(rules_dir: Path) -> None:
 @requires_promtool
 def test_promtool_unit_tests(rules_dir: Path) -> None:
     tests = sorted(p.name for p in rules_dir.glob("*_test.yaml"))
-    assert tests == ["budget_test.yaml", "quality_test.yaml", "routing_test.yaml"]
+    assert tests == ["budget_test.yaml", "gate_test.yaml", "quality_test.yaml", "routing_test.yaml"]
     result = promtool("test", "rules", *tests, cwd=rules_dir)
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -167,6 +171,7 @@ def test_every_alert_is_unit_tested_firing_and_silent() -> None:
         "CascadeRoutesOutOfSync",
         "CascadeJudgedLossRateHigh",
         "CascadeJudgedLossRateRising",
+        "CascadeGateEscalationRateHigh",
     }
     firing: set[str] = set()
     silent: set[str] = set()
@@ -187,6 +192,7 @@ def test_thresholds_are_parameters() -> None:
     assert params["cascade:param:weak_share_min"] == "vector(0.6)"
     assert params["cascade:param:weak_share_max"] == "vector(0.7)"
     assert params["cascade:param:misroute_ratio_max"] == "vector(0.05)"
+    assert params["cascade:param:gate_escalation_ratio_max"] == "vector(0.05)"
     # Alerts compare with the parameters, never with a number written into the alert.
     for rule in rules():
         # the two without a threshold: nothing scraped, and a yes/no condition
@@ -281,11 +287,11 @@ def test_judge_names_match_cascade_judge() -> None:
 
 def test_exported_names_match_the_server() -> None:
     from extproc.app import cache_metrics, routes_metrics
-    from extproc.telemetry import metrics
+    from extproc.telemetry import gate_telemetry, metrics
 
     defined = {
         v
-        for module in (metrics, cache_metrics, routes_metrics)
+        for module in (metrics, cache_metrics, routes_metrics, gate_telemetry)
         for v in vars(module).values()
         if isinstance(v, str) and v.startswith("cascade_")
     }

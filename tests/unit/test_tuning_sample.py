@@ -164,3 +164,28 @@ def test_blind_sheet_hides_the_decision(default_snapshot: Snapshot) -> None:
     blind = list(csv.DictReader(io.StringIO(sheet_text(result, "source", blind=True))))
     assert not {"decided_tier", "stratum", "rule", "keywords"} & set(blind[0])
     assert {"id", "text", "label", "weight", "source"} <= set(blind[0])
+
+
+def test_gate_escalations_flag_their_request_as_a_false_negative(
+    default_snapshot: Snapshot,
+) -> None:
+    """The confidence gate's decision-log line (`kind: gate`) is an annotation, never a row."""
+    log = traces(100)
+    for item in log:
+        item["fn_suspect"] = False
+    gates = [
+        {
+            "kind": "gate",
+            "id": "req-3",
+            "tier": "weak",
+            "escalated_to": "strong",
+            "fn_suspect": True,
+        },
+        {"kind": "gate", "id": "req-4", "tier": "weak", "escalated_to": None, "fn_suspect": False},
+    ]
+    items = [*log, *gates]
+    flagged = feedback_suspects(records(items))
+    assert flagged == {"req-3": "fn"}
+    result = sample(records(items), options(n=30), None, flagged)
+    assert [r.item.record.id for r in result.rows if r.stratum == "suspect"] == ["req-3"]
+    assert all(r.item.record.get("kind") != "gate" for r in result.rows)

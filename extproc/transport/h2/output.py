@@ -346,7 +346,8 @@ class CallOutput(asyncio.Protocol):
                 logger.exception("stream %d: handler failed", call.stream_id)
                 self.end(call, h2.INTERNAL, "internal error")
                 return
-            self.send_message(call, answer)
+            for one in answer if isinstance(answer, list) else (answer,):
+                self.send_message(call, one)
             if session.done:
                 self.end(call, h2.OK, "")
                 return
