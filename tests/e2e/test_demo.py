@@ -27,7 +27,7 @@ def test_demo_once_prints_routing_table() -> None:
     assert "escalated weak->strong" in rows["weak refuses: gate"]
     assert " strong " in rows["weak refuses: gate"]
     # the summary read from the server's /metrics endpoint
-    assert "tier mix (decisions): strong 60% (6), weak 40% (4)" in out
+    assert "tier mix (decisions): strong 55% (6), weak 45% (5)" in out
     cost = next(line for line in out.splitlines() if "cost per 1k requests: $" in line)
     assert float(cost.split("$")[1].split()[0]) > 0
     assert "TTFT strong: mean" in out and "TTFT weak: mean" in out

@@ -17,7 +17,6 @@ from extproc.cli.main import main
 from extproc.config.capture import CaptureSettings, SinkSettings
 from extproc.telemetry.pair_sink import PairWriter, RedisSink
 from extproc.telemetry.redact import builtin_redact
-from tests.e2e.test_redis_state import redis_url  # noqa: F401  (the module's redis-server)
 
 ANSWER = orjson.dumps({"choices": [{"message": {"content": "answer [[score:7]]"}}]})
 
@@ -38,7 +37,7 @@ def settings(url: str, stream: str, max_len: int = 1000) -> CaptureSettings:
 
 
 def test_pairs_go_to_a_stream_and_judge_reads_them(
-    redis_url: str,  # noqa: F811
+    redis_url: str,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -78,7 +77,7 @@ def test_pairs_go_to_a_stream_and_judge_reads_them(
     assert summary["cheap_tier"]["tie"] == 5  # the same answer on both sides
 
 
-def test_stream_length_and_retention_are_bounded(redis_url: str) -> None:  # noqa: F811
+def test_stream_length_and_retention_are_bounded(redis_url: str) -> None:
     chosen = settings(redis_url, "test:bounded", max_len=10)
     sink = RedisSink(chosen.sink, chosen.retention_s)
     client = redis.Redis.from_url(redis_url)

@@ -113,7 +113,10 @@ def test_traffic_to_labels_to_a_new_version_to_a_canary_judged_by_quality(
             "tune", str(labels), "--config", str(config), "--objective", "pgr",
             "--max-strong-share", "0.5", "--cv", "3", "--version", "v8", "--force",
         )  # fmt: skip
-        assert tuned.returncode == 0, tuned.stdout + tuned.stderr
+        # 0: v8 beats v7 out of fold; 4: it loses (written anyway, --force). Which one depends on
+        # the folds, drawn from the request ids Envoy made up: with 32 labels either happens.
+        assert tuned.returncode in (0, 4), tuned.stdout + tuned.stderr
+        assert "v8" in yaml.safe_load(config.read_text())["classifiers"]
         evaluated = cascade(
             "eval", str(labels), "--config", str(config), "--classifier", "v7",
             "--classifier", "v8",
