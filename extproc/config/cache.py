@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from extproc.config.check import Checker, join_path
@@ -80,27 +80,8 @@ class CacheSettings:
         return (*self.identity_headers, "cache-control")
 
 
-_KEYS = {
-    "enabled",
-    "scope",
-    "identity_headers",
-    "secret_file",
-    "ignore_fields",
-    "ttl_s",
-    "max_entries",
-    "max_entry_bytes",
-    "max_temperature",
-    "default_temperature",
-    "store_tool_calls",
-    "partition_by_classifier",
-    "epoch",
-    "replay_chunk_chars",
-    "audit_share",
-    "admin_callers",
-    "backend",
-    "semantic",
-    "redis",
-}
+#: the section's keys: the settings' fields, with the secret read from `secret_file`
+_KEYS = {item.name for item in fields(CacheSettings)} - {"secret"} | {"secret_file"}
 
 
 def compile_cache(check: Checker, value: object) -> CacheSettings:
