@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 
@@ -82,18 +83,19 @@ def entry(
 @pytest.mark.parametrize(
     ("earlier", "found"),
     [
-        (entry("a", 30), True),
-        (entry("a", 400), False),  # outside the window
-        (entry("a", 30, tier="strong"), False),  # the top tier answered
-        (entry("a", 30, status=503), False),  # an error, not a weak answer
-        (entry("a", 30, text="capital of France"), False),  # not similar
-        (entry("b", 30), False),  # the same request
+        ({"request_id": "a", "age": 30}, True),
+        ({"request_id": "a", "age": 400}, False),  # outside the window
+        ({"request_id": "a", "age": 30, "tier": "strong"}, False),  # the top tier answered
+        ({"request_id": "a", "age": 30, "status": 503}, False),  # an error, not a weak answer
+        ({"request_id": "a", "age": 30, "text": "capital of France"}, False),  # not similar
+        ({"request_id": "b", "age": 30}, False),  # the same request
     ],
     ids=["retry", "old", "strong", "error", "different", "self"],
 )
-def test_find_retry(earlier: RecentRequest, found: bool) -> None:
+def test_find_retry(earlier: dict[str, Any], found: bool) -> None:
+    # built here, not at collection: the window is measured from now
     current = entry("b", 0)
-    match = find_retry([earlier], current, top_tier="strong", threshold=0.8, window_s=300)
+    match = find_retry([entry(**earlier)], current, top_tier="strong", threshold=0.8, window_s=300)
     assert (match is not None) is found
     if match is not None:
         assert (match.request_id, match.classifier) == ("a", "v7")
