@@ -117,6 +117,17 @@ def test_features_read_user_text_and_system_prompt_separately() -> None:
     assert shares == pytest.approx((2 / 6, 3 / 6, 1 / 6, 0.0))
 
 
+@pytest.mark.parametrize(
+    "text", ["plain ascii", "café ß ж", "한국어 中文 カナ", "emoji 😀 and 𠀀", "\x00\x7f\x80ÿĀ߿ࠀ￿"]
+)
+def test_byte_and_script_counts_are_exact_for_every_utf8_width(text: str) -> None:
+    dense = dict(zip(DENSE_NAMES, extract((("user", text),), 12).dense, strict=True))
+    assert dense["user_bytes"] == pytest.approx(math.log1p(len(text.encode())))
+    wide = sum(1 for ch in text if not ch.isascii())
+    tokens = math.ceil((len(text) - wide) / 4) + wide
+    assert dense["user_tokens"] == pytest.approx(math.log1p(tokens))
+
+
 def test_a_long_user_text_is_hashed_over_its_head_and_tail_only() -> None:
     text = "a" * HEAD + "b" * 5000 + "c" * TAIL
     features = extract((("user", text),), BITS)
