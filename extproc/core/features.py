@@ -1,7 +1,7 @@
 """Features of a chat request for the learned scorer: hashed n-grams and a few numbers.
 
 Pure (numpy, no I/O) and bounded: whatever the body size, at most `WINDOW` characters of the user
-text are hashed (the first `HEAD` and the last `TAIL`), so the cost of a request does not grow
+text are hashed (the first `HEAD` and the last `TAIL`, 512 each), so the cost of a request does not grow
 with its length beyond joining its texts. Training (`extproc.tuning.train`) and the server call the
 same `extract`, so a model sees at serve time exactly the features it was fitted on.
 
@@ -33,8 +33,8 @@ import numpy as np
 import numpy.typing as npt
 
 #: Characters of the user text that are hashed: the first `HEAD` and the last `TAIL`.
-HEAD = 1024
-TAIL = 1024
+HEAD = 512
+TAIL = 512
 WINDOW = HEAD + TAIL
 #: Families of hashed features, in the order of `Features.offsets`.
 FAMILIES = ("char1", "char2", "char3", "char4", "word1", "word2")

@@ -341,6 +341,19 @@ def test_missing_mismatched_and_corrupt_artifacts_are_config_errors(tmp_path: Pa
     )
 
 
+def test_an_artifact_of_the_previous_format_is_refused_with_a_retrain_hint(tmp_path: Path) -> None:
+    # format 1 hashed 1,024 + 1,024 characters: its weights mean other things here
+    document = artifact_document(make_scorer(37))
+    old = dict(
+        document, format_version=1, features=dict(document["features"], head=1024, tail=1024)
+    )
+    message = _error(tmp_path, write_artifact(tmp_path / "model.json", old))
+    assert "format_version: this server reads 2, got 1" in message and "retrain" in message
+    # the same document under the current version number is still refused, for its window
+    relabelled = dict(old, format_version=FORMAT_VERSION)
+    assert "features.head" in _error(tmp_path, write_artifact(tmp_path / "model.json", relabelled))
+
+
 def test_parse_refuses_a_decreasing_calibration() -> None:
     document = artifact_document(make_scorer(23))
     document["boundaries"][0]["platt"] = [-1.0, 0.0]
