@@ -1,9 +1,10 @@
 """Features of a chat request for the learned scorer: hashed n-grams and a few numbers.
 
 Pure (numpy, no I/O) and bounded: whatever the body size, at most `WINDOW` characters of the user
-text are hashed (the first `HEAD` and the last `TAIL`, 512 each), so the cost of a request does not grow
-with its length beyond joining its texts. Training (`extproc.tuning.train`) and the server call the
-same `extract`, so a model sees at serve time exactly the features it was fitted on.
+text are hashed (the first `HEAD` and the last `TAIL`, 512 each), so the cost of a request does
+not grow with its length beyond joining its texts. Training (`extproc.tuning.train`) and the
+server call the same `extract`, so a model sees at serve time exactly the features it was fitted
+on.
 
 What is extracted:
 
