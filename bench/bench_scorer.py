@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import random
+import resource
 import statistics
 import subprocess
 import sys
@@ -141,6 +142,7 @@ def train_time(count: int, seed: int, workdir: Path) -> None:
             stream.write(json.dumps(record, ensure_ascii=False) + "\n")
     generated = time.perf_counter() - started
     started = time.perf_counter()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     subprocess.run(
         [
             sys.executable,
@@ -159,10 +161,13 @@ def train_time(count: int, seed: int, workdir: Path) -> None:
         stdout=subprocess.DEVNULL,
     )
     seconds = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     size = (workdir / "big.json").stat().st_size
     print(
         f"cascade train on {count:,} records ({data_path.stat().st_size / 1e6:.1f} MB, "
-        f"generated in {generated:.1f} s): {seconds:.1f} s; artifact {size / 1e6:.2f} MB"
+        f"generated in {generated:.1f} s): {seconds:.1f} s wall, {cpu:.1f} s CPU; "
+        f"artifact {size / 1e6:.2f} MB; load average {os.getloadavg()[0]:.1f}"
     )
 
 
