@@ -2,9 +2,9 @@
 
 One JSON document (UTF-8, at most `MAX_BYTES`):
 
-    {"format": "cascade-scorer", "format_version": 1,
+    {"format": "cascade-scorer", "format_version": 2,
      "tiers": ["weak", "strong"],                      # cheapest first
-     "features": {"bits": 18, "head": 1024, "tail": 1024,
+     "features": {"bits": 18, "head": 512, "tail": 512,
                   "families": [...], "dense": [...]},   # must equal extproc.core.features
      "standardize": {"mean": [...], "std": [...]},      # one per dense feature
      "boundaries": [                                    # len(tiers) - 1, cheapest first
@@ -39,7 +39,8 @@ from extproc.core.features import DENSE_NAMES, FAMILIES, HEAD, TAIL
 from extproc.core.scorer import Scorer
 
 FORMAT = "cascade-scorer"
-FORMAT_VERSION = 1
+#: 2: the hashed window is the user text's first and last 512 characters (1: 1,024 each).
+FORMAT_VERSION = 2
 MAX_BYTES = 5 * 1024 * 1024
 MIN_BITS, MAX_BITS = 8, 20
 _TOP_KEYS = {
@@ -105,7 +106,8 @@ def parse_artifact(data: bytes, sha256: str = "") -> Scorer:
         raise ArtifactError(f"format: expected {FORMAT!r}, got {top.get('format')!r}")
     if top.get("format_version") != FORMAT_VERSION:
         raise ArtifactError(
-            f"format_version: this server reads {FORMAT_VERSION}, got {top.get('format_version')!r}"
+            f"format_version: this server reads {FORMAT_VERSION}, got "
+            f"{top.get('format_version')!r} (retrain with this version's `cascade train`)"
         )
     tiers = tuple(_strings(top.get("tiers"), "tiers"))
     if len(tiers) < 2 or len(set(tiers)) != len(tiers):

@@ -6,7 +6,6 @@ requests through the same function.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import string
 from dataclasses import dataclass
@@ -192,20 +191,17 @@ def _decision(
     keywords: tuple[str, ...] = (),
 ) -> Decision:
     chars, size, count = lengths
-    decision = Decision(
-        tier=tier,
-        classifier=classifier.version,
-        rule=rule,
-        reason=reason,
-        keywords=keywords,
-        chars=chars,
-        bytes=size,
-        messages=count,
-    )
     if scored is None:
-        return decision
-    return dataclasses.replace(
-        decision,
+        return Decision(tier, classifier.version, rule, reason, keywords, chars, size, count)
+    return Decision(
+        tier,
+        classifier.version,
+        rule,
+        reason,
+        keywords,
+        chars,
+        size,
+        count,
         score=scored.score,
         threshold=scored.threshold,
         scores=scored.scores,

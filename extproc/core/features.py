@@ -1,9 +1,10 @@
 """Features of a chat request for the learned scorer: hashed n-grams and a few numbers.
 
 Pure (numpy, no I/O) and bounded: whatever the body size, at most `WINDOW` characters of the user
-text are hashed (the first `HEAD` and the last `TAIL`), so the cost of a request does not grow
-with its length beyond joining its texts. Training (`extproc.tuning.train`) and the server call the
-same `extract`, so a model sees at serve time exactly the features it was fitted on.
+text are hashed (the first `HEAD` and the last `TAIL`, 512 each), so the cost of a request does
+not grow with its length beyond joining its texts. Training (`extproc.tuning.train`) and the
+server call the same `extract`, so a model sees at serve time exactly the features it was fitted
+on.
 
 What is extracted:
 
@@ -33,8 +34,8 @@ import numpy as np
 import numpy.typing as npt
 
 #: Characters of the user text that are hashed: the first `HEAD` and the last `TAIL`.
-HEAD = 1024
-TAIL = 1024
+HEAD = 512
+TAIL = 512
 WINDOW = HEAD + TAIL
 #: Families of hashed features, in the order of `Features.offsets`.
 FAMILIES = ("char1", "char2", "char3", "char4", "word1", "word2")
@@ -98,6 +99,26 @@ _LOWERED[np.isin(_CLASS, [_UPPER, _LATIN_UPPER])] += U32(32)
 #: Classes that make up words (spaced scripts).
 _WORDISH = np.zeros(_CLASSES, dtype=np.uint32)
 _WORDISH[[_DIGIT, _LOWER, _UPPER, _LATIN, _LATIN_UPPER, _HANGUL, _LETTER]] = 1
+_CODES = np.arange(0x10001)
+#: What `DENSE_NAMES` count, in one number per code point for one `bincount`:
+#: group * 4 + (UTF-8 bytes - 1), groups: 0 not a letter, then the four script shares.
+_GROUP = np.zeros(_CLASSES, dtype=np.intp)
+_GROUP[[_LOWER, _UPPER, _LATIN, _LATIN_UPPER]] = 1
+_GROUP[_HANGUL] = 2
+_GROUP[_HAN] = 3
+_GROUP[[_KANA, _LETTER]] = 4
+_GROUPS = 5
+_COUNTED = _GROUP.take(_CLASS) * 4 + np.select(
+    [_CODES < 0x80, _CODES < 0x800, _CODES < 0x10000], [0, 1, 2], 3
+)
+#: One lookup per character gives all three: bits 0-16 the lowered code point, bits 20-24
+#: `_COUNTED`, bit 25 set inside a word.
+_LOW_BITS = U32(0x1FFFF)
+_COUNTED_SHIFT = U32(20)
+_IN_WORD = U32(1 << 25)
+_PACKED = (
+    _LOWERED | (_COUNTED.astype(np.uint32) << _COUNTED_SHIFT) | (_WORDISH.take(_CLASS) << U32(25))
+).astype(np.uint32)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -105,7 +126,7 @@ class Features:
     """The features of one request."""
 
     #: Bucket of every hashed n-gram occurrence (repeats kept), families in `FAMILIES` order.
-    buckets: npt.NDArray[np.intp]
+    buckets: npt.NDArray[np.uint32]
     #: Start of each family in `buckets`, one per `FAMILIES`; families may be empty.
     offsets: tuple[int, ...]
     #: The families that are not empty, and their starts (for `np.add.reduceat`).
@@ -129,17 +150,21 @@ def extract(messages: tuple[tuple[str, str], ...], bits: int) -> Features:
     user, system, turns = user_and_system(messages)
     size = len(user)
     window = user if size <= WINDOW else f"{user[:HEAD]} {user[-TAIL:]}"
-    # (unsigned array arithmetic wraps modulo 2**32 silently, which is what hashing wants)
-    clipped = np.minimum(np.frombuffer(window.encode("utf-32-le"), dtype=np.uint32), 0x10000)
-    classes = _CLASS.take(clipped)
-    low = _LOWERED.take(clipped)
+    # (unsigned array arithmetic wraps modulo 2**32 silently, which is what hashing wants; the
+    # tables end at 0x10000, where `mode="clip"` puts every code point above the BMP)
+    codes = np.frombuffer(window.encode("utf-32-le"), dtype=np.uint32)
+    n = len(codes)
+    packed = np.empty(n + 1, dtype=np.uint32)  # packed[0]: outside any word
+    packed[0] = 0
+    _PACKED.take(codes, out=packed[1:], mode="clip")
+    low = packed[1:] & _LOW_BITS
     parts = [low]
     prev = low
     for order in (2, 3, 4):
         prev = prev[:-1] * _K + low[order - 1 :]
         parts.append(prev)
     if " " in window:
-        words = _words(low, parts[1], classes)
+        words = _words(packed, low, parts[1])
         parts += [words, words[:-1] * _BIGRAM + words[1:]]
     hashes = np.concatenate(parts)
     hashes *= _MIX
@@ -152,48 +177,57 @@ def extract(messages: tuple[tuple[str, str], ...], bits: int) -> Features:
             starts.append(start)
         start += len(part)
     offsets += [start] * (len(FAMILIES) - len(offsets))
-    counts = np.bincount(classes, minlength=_CLASSES).tolist()
-    dense = _dense(window, counts, size, system, len(messages), turns)
-    scale = 1.0 / math.sqrt(start) if start else 0.0
+    # bins 0-19: `_COUNTED` outside words, 32-51: inside
+    binned = np.bincount(packed[1:] >> _COUNTED_SHIFT, minlength=64).tolist()
+    counts = [
+        a + b for a, b in zip(binned[: _GROUPS * 4], binned[32 : 32 + _GROUPS * 4], strict=True)
+    ]
+    dense = _dense(n, counts, size, system, len(messages), turns, "```" in window)
     return Features(
-        hashes.astype(np.intp),
+        hashes,
         tuple(offsets),
         tuple(present),
         np.array(starts, dtype=np.intp),
-        scale,
+        1.0 / math.sqrt(start) if start else 0.0,
         dense,
     )
 
 
 def _words(
-    low: npt.NDArray[np.uint32], pairs: npt.NDArray[np.uint32], classes: npt.NDArray[np.intp]
+    packed: npt.NDArray[np.uint32], low: npt.NDArray[np.uint32], pairs: npt.NDArray[np.uint32]
 ) -> npt.NDArray[np.uint32]:
     """One hash per word: the sum of its characters and of its character pairs' hashes.
 
     (A bag of characters and pairs: order-sensitive enough for words, and one `reduceat` over
     the text instead of a hash per word; characters outside words weigh nothing.)
     """
-    inside = _WORDISH.take(classes)
+    flags = packed >= _IN_WORD  # flags[0] is False: a word starts where flags go up
+    inside = flags[1:]
     values = low * inside
     values[:-1] += pairs * (inside[:-1] & inside[1:])
-    starts = np.flatnonzero(inside[1:] > inside[:-1]) + 1
-    if inside[0]:
-        starts = np.concatenate(([0], starts))
+    starts = np.flatnonzero(inside > flags[:-1])
     if not len(starts):
-        return low[:0]
+        return values[:0]
     hashed: npt.NDArray[np.uint32] = np.add.reduceat(values, starts, dtype=np.uint32)
     hashed *= _WORD_MIX
     return hashed
 
 
 def _dense(
-    window: str, counts: list[int], size: int, system: str, messages: int, turns: int
+    n: int,
+    counts: list[int],
+    size: int,
+    system: str,
+    messages: int,
+    turns: int,
+    code_block: bool,
 ) -> tuple[float, ...]:
-    n = len(window)
-    ascii_count = sum(counts[:_LATIN])
+    """`DENSE_NAMES` from the window's counts by group and UTF-8 width (`_COUNTED`)."""
+    ascii_count = sum(counts[0::4])
     if n and ascii_count < n:
         stretch = size / n
-        user_bytes = len(window.encode("utf-8")) * stretch
+        window_bytes = n + sum(counts[1::4]) + 2 * sum(counts[2::4]) + 3 * sum(counts[3::4])
+        user_bytes = window_bytes * stretch
         user_wide = (n - ascii_count) * stretch
     else:
         user_bytes, user_wide = float(size), 0.0
@@ -202,9 +236,12 @@ def _dense(
     sys_bytes = sys_chars if system.isascii() else len(system.encode("utf-8"))
     sys_wide = (sys_bytes - sys_chars) / 2
     sys_tokens = math.ceil((sys_chars - sys_wide) / 4) + sys_wide
-    latin = counts[_LOWER] + counts[_UPPER] + counts[_LATIN] + counts[_LATIN_UPPER]
-    hangul, han = counts[_HANGUL], counts[_HAN]
-    other = counts[_KANA] + counts[_LETTER]
+    latin, hangul, han, other = (
+        sum(counts[4:8]),
+        sum(counts[8:12]),
+        sum(counts[12:16]),
+        sum(counts[16:20]),
+    )
     letters = latin + hangul + han + other
     share = 1.0 / letters if letters else 0.0
     log = math.log1p
@@ -217,7 +254,7 @@ def _dense(
         log(sys_tokens),
         log(messages),
         log(turns),
-        1.0 if "```" in window else 0.0,
+        1.0 if code_block else 0.0,
         latin * share,
         hangul * share,
         han * share,

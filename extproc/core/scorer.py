@@ -18,10 +18,9 @@ following rules.
 
 from __future__ import annotations
 
-import heapq
 import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
@@ -57,6 +56,22 @@ class Scorer:
     quantiles: tuple[tuple[float, float], ...] = ()
     #: The content hash the config named (sha256 hex), for logs.
     sha256: str = ""
+    #: Derived at construction: each boundary's weight row (a view), and per boundary the
+    #: dense features' (weight, mean, std) triples, so a request costs one `take` with one
+    #: boundary (two tiers) and one zip per boundary.
+    _rows: tuple[npt.NDArray[np.float64], ...] = field(init=False, repr=False, default=())
+    _dense_terms: tuple[tuple[tuple[float, float, float], ...], ...] = field(
+        init=False, repr=False, default=()
+    )
+
+    def __post_init__(self) -> None:
+        # float64 rows: the gathered weights are summed in float64 without a cast per request
+        rows = tuple(self.weights[k].astype(np.float64) for k in range(self.weights.shape[0]))
+        terms = tuple(
+            tuple(zip(weights, self.mean, self.std, strict=True)) for weights in self.dense
+        )
+        object.__setattr__(self, "_rows", rows)
+        object.__setattr__(self, "_dense_terms", terms)
 
     @property
     def boundaries(self) -> int:
@@ -64,7 +79,7 @@ class Scorer:
 
     def raw(self, features: Features) -> list[float]:
         """Uncalibrated scores per boundary."""
-        return self._raw(features, self.family_sums(features))
+        return self.scored(features)[0]
 
     def probabilities(self, features: Features) -> tuple[float, ...]:
         """Calibrated P(tier k is not enough) per boundary, non-increasing in k."""
@@ -78,45 +93,47 @@ class Scorer:
             result.append(ceiling)
         return tuple(result)
 
-    def contributions(
-        self, features: Features, boundary: int, sums: list[list[float]] | None = None
-    ) -> list[tuple[str, float]]:
+    def contributions(self, features: Features, boundary: int) -> list[tuple[str, float]]:
         """(name, contribution to the raw score) of each feature family and dense feature."""
-        families = (sums or self.family_sums(features))[boundary]
+        values = self.scored(features)[1][boundary]
+        return list(zip(CONTRIBUTION_NAMES, values, strict=True))
+
+    def scored(self, features: Features) -> tuple[list[float], list[list[float]]]:
+        """Raw scores per boundary, and per boundary the contribution of every feature (the
+        families' n-gram weights times the scale, then the standardised dense features times
+        their weights, in `CONTRIBUTION_NAMES` order): raw = bias + sum(contributions)."""
         scale = features.scale
-        named = [(name, total * scale) for name, total in zip(FAMILIES, families, strict=True)]
-        for name, w, v, m, s in zip(
-            DENSE_NAMES, self.dense[boundary], features.dense, self.mean, self.std, strict=True
+        dense = features.dense
+        raw: list[float] = []
+        parts: list[list[float]] = []
+        for bias, totals, terms in zip(
+            self.bias, self.family_sums(features), self._dense_terms, strict=True
         ):
-            named.append((name, w * (v - m) / s))
-        return named
+            contributions = [t * scale for t in totals]
+            contributions += [w * ((v - m) / s) for (w, m, s), v in zip(terms, dense, strict=True)]
+            raw.append(bias + scale * sum(totals) + sum(contributions[len(FAMILIES) :]))
+            parts.append(contributions)
+        return raw, parts
 
     def family_sums(self, features: Features) -> list[list[float]]:
         """Per boundary, the sum of the weights of each family's n-gram occurrences."""
         present = features.present
         if not present:
             return [[0.0] * len(FAMILIES) for _ in range(self.boundaries)]
-        taken = self.weights.take(features.buckets, axis=1)
-        found: list[list[float]] = np.add.reduceat(
-            taken, features.starts, axis=1, dtype=np.float64
-        ).tolist()
+        found: list[list[float]]
+        if len(self._rows) == 1:  # two tiers: a 1-D take is the cheaper gather
+            row = self._rows[0].take(features.buckets)
+            found = [np.add.reduceat(row, features.starts).tolist()]
+        else:
+            table = self.weights.take(features.buckets, axis=1)
+            found = np.add.reduceat(table, features.starts, axis=1, dtype=np.float64).tolist()
         if len(present) == len(FAMILIES):
             return found
         sums = [[0.0] * len(FAMILIES) for _ in range(self.boundaries)]
-        for row, values in zip(sums, found, strict=True):
+        for sum_row, values in zip(sums, found, strict=True):
             for i, value in zip(present, values, strict=True):
-                row[i] = value
+                sum_row[i] = value
         return sums
-
-    def _raw(self, features: Features, sums: list[list[float]]) -> list[float]:
-        standard = [
-            (v - m) / s for v, m, s in zip(features.dense, self.mean, self.std, strict=True)
-        ]
-        scale = features.scale
-        return [
-            bias + scale * sum(totals) + sum(w * x for w, x in zip(weights, standard, strict=True))
-            for bias, totals, weights in zip(self.bias, sums, self.dense, strict=True)
-        ]
 
     def threshold_for_share(self, share: float) -> float:
         """The top boundary's threshold that sends about `share` of traffic to the top tier."""
@@ -160,9 +177,8 @@ class ScorerStep:
 
     def decide(self, messages: tuple[tuple[str, str], ...]) -> ScoreResult:
         scorer = self.scorer
-        features = extract(messages, scorer.bits)
-        sums = scorer.family_sums(features)
-        probabilities = scorer.calibrate(scorer._raw(features, sums))
+        raw, parts = scorer.scored(extract(messages, scorer.bits))
+        probabilities = scorer.calibrate(raw)
         tiers = scorer.tiers
         chosen, boundary, abstained = len(tiers) - 1, len(probabilities) - 1, False
         for k, (p, threshold) in enumerate(zip(probabilities, self.thresholds, strict=True)):
@@ -172,21 +188,21 @@ class ScorerStep:
                 chosen, boundary = k, k
                 break
         escalated = chosen > boundary  # the deciding probability reached its threshold
-        names = _top(scorer.contributions(features, boundary, sums), escalated=escalated)
         return ScoreResult(
             tier=None if abstained else tiers[chosen],
             score=probabilities[boundary],
             threshold=self.thresholds[boundary],
             scores=probabilities,
-            features=names,
+            features=_top(parts[boundary], escalated=escalated),
             escalated=escalated,
         )
 
 
-def _top(contributions: list[tuple[str, float]], *, escalated: bool) -> tuple[str, ...]:
+def _top(values: list[float], *, escalated: bool) -> tuple[str, ...]:
+    """Names of the `TOP_FEATURES` largest contributions toward the outcome (ties: first)."""
+    order = sorted(range(len(values)), key=values.__getitem__, reverse=escalated)
     sign = 1.0 if escalated else -1.0
-    best = heapq.nlargest(TOP_FEATURES, contributions, key=lambda item: sign * item[1])
-    return tuple(name for name, value in best if sign * value > 0)
+    return tuple(CONTRIBUTION_NAMES[i] for i in order[:TOP_FEATURES] if sign * values[i] > 0)
 
 
 def _sigmoid(x: float) -> float:

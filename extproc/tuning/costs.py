@@ -35,9 +35,9 @@ def estimate_tokens(texts: Iterable[str]) -> int:
         if text.isascii():
             ascii_chars += size
         else:
-            wide = sum(1 for ch in text if ord(ch) > 127)
-            other += wide
-            ascii_chars += size - wide
+            narrow = len(text.encode("ascii", "ignore"))  # the ASCII characters, at C speed
+            other += size - narrow
+            ascii_chars += narrow
     return max(1, math.ceil(ascii_chars / 4) + other)
 
 
@@ -61,21 +61,28 @@ class CostModel:
 
     def costs(self, record: Record) -> dict[str, float]:
         """The cost of this request on every tier."""
+        return self.noted_costs(record)[0]
+
+    def noted_costs(self, record: Record) -> tuple[dict[str, float], bool, bool]:
+        """(costs on every tier, input tokens were estimated, output tokens were assumed)."""
         tokens_in = record.tokens_in
+        estimated_in = tokens_in is None
         if tokens_in is None:
             if record.chat is not None:
                 tokens_in = estimate_tokens(text for _role, text in record.chat.messages)
             else:
                 tokens_in = math.ceil((record.number("chars") or 0) / 4)
         tokens_out = record.tokens_out
+        assumed_out = tokens_out is None
         if tokens_out is None:
             tokens_out = self.output_tokens
-        return {
+        costs = {
             tier: price.input_per_mtok * tokens_in / 1e6
             + price.output_per_mtok * tokens_out / 1e6
             + price.per_hour / 3600 * tokens_out / self.tokens_per_second
             for tier, price in self.prices.items()
         }
+        return costs, estimated_in, assumed_out
 
     def notes(self, estimated_in: bool, assumed_out: bool) -> list[str]:
         """The assumptions behind the cost figures, for reports."""

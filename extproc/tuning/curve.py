@@ -32,6 +32,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 
+import numpy as np
+
 
 @dataclass(frozen=True, slots=True)
 class CurvePoint:
@@ -147,15 +149,17 @@ def score_curve(
     if gap is None:
         return None
     w, gains, total_w, total_gain = gap
-    order = sorted(range(len(scores)), key=lambda i: -scores[i])
     points = [CurvePoint(0.0, 0.0)]
-    cum_w = cum_g = 0.0
-    for position, index in enumerate(order):
-        cum_w += w[index]
-        cum_g += gains[index]
-        last = position == len(order) - 1
-        if last or scores[order[position + 1]] != scores[index]:
-            points.append(CurvePoint(cum_w / total_w, cum_g / total_gain))
+    if len(scores):
+        # highest score first, ties in input order; one point after each run of equal scores
+        # (numpy's 1-D cumsum adds in sequence, as a Python loop would: the same floats)
+        values = np.asarray(scores, dtype=np.float64)
+        order = np.argsort(-values, kind="stable")
+        ranked = values[order]
+        ends = np.flatnonzero(np.append(ranked[1:] != ranked[:-1], True))
+        cum_w = np.cumsum(np.asarray(w, dtype=np.float64)[order])[ends] / total_w
+        cum_g = np.cumsum(np.asarray(gains, dtype=np.float64)[order])[ends] / total_gain
+        points += map(CurvePoint, cum_w.tolist(), cum_g.tolist())
     return Curve(name, "curve", tuple(points), operating)
 
 

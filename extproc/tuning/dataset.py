@@ -111,6 +111,8 @@ class ReadStats:
 
 
 def get_field(data: Mapping[str, Any], path: str) -> object:
+    if "." not in path:  # the common case, one lookup
+        return data.get(path)
     value: object = data
     for part in path.split("."):
         if not isinstance(value, Mapping) or part not in value:

@@ -264,9 +264,9 @@ class Evaluator:
         weight = 1.0
         if self.weight_field:
             weight = record.number(self.weight_field) or 1.0
-        costs = self.cost_model.costs(record)
-        self.estimated_in |= record.tokens_in is None
-        self.assumed_out |= record.tokens_out is None
+        costs, estimated_in, assumed_out = self.cost_model.noted_costs(record)
+        self.estimated_in |= estimated_in
+        self.assumed_out |= assumed_out
         correct = self.quality(record)
         decided: list[tuple[str, str]] = []
         logged = record.logged_tier

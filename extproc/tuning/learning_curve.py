@@ -92,19 +92,20 @@ def learning_curve(
     positive = design.ranks >= top
     train_sizes = [int((folds != f).sum()) for f in range(options.folds)]
     rng = np.random.default_rng(options.seed)
+    tests = [folds == fold for fold in range(options.folds)]
+    pools = [np.flatnonzero(~test) for test in tests]
+    held_out = [matrix[test] for test in tests]  # sliced once, scored at every size
     rows = []
     for size in sizes:
         if size >= min(train_sizes):
             break
         scores = np.zeros(len(folds))
         for fold in range(options.folds):
-            test = folds == fold
-            pool = np.flatnonzero(~test)
-            chosen = np.sort(rng.choice(pool, size=size, replace=False))
+            chosen = np.sort(rng.choice(pools[fold], size=size, replace=False))
             part = matrix[chosen]
             solver = choose_solver(part, options.solver)
             fitted = fit_boundary(part, positive[chosen], options, solver)
-            scores[test] = raw_scores(matrix[test], fitted)
+            scores[tests[fold]] = raw_scores(held_out[fold], fitted)
         rows.append(
             CurveRow(
                 labels=size,

@@ -137,26 +137,28 @@ def assign_folds(groups: Sequence[str], folds: int, seed: int) -> npt.NDArray[np
 def featurize(
     records: Sequence[Record], tiers: Sequence[str], bits: int, group_by: str | None = None
 ) -> Design:
-    buckets: list[npt.NDArray[np.intp]] = []
-    values: list[FloatArray] = []
-    dense = np.empty((len(records), len(DENSE_NAMES)))
-    chars = np.empty(len(records))
-    ranks = np.empty(len(records), dtype=np.intp)
-    for row, record in enumerate(records):
-        if record.chat is None or record.label not in tiers:
+    buckets: list[npt.NDArray[np.uint32]] = []
+    scales: list[float] = []
+    dense_rows: list[tuple[float, ...]] = []
+    ranks_list: list[int] = []
+    rank_of = {tier: rank for rank, tier in enumerate(tiers)}
+    for record in records:
+        if record.chat is None or record.label not in rank_of:
             raise TrainError(f"record {record.id!r} has no text or no tier label")
         features = extract(record.chat.messages, bits)
         buckets.append(features.buckets)
-        values.append(np.full(len(features.buckets), features.scale))
-        dense[row] = features.dense
-        chars[row] = math.expm1(features.dense[0])
-        ranks[row] = tiers.index(record.label)
+        scales.append(features.scale)
+        dense_rows.append(features.dense)
+        ranks_list.append(rank_of[record.label])
+    dense = np.array(dense_rows, dtype=np.float64).reshape(len(records), len(DENSE_NAMES))
+    chars = np.expm1(dense[:, 0])
+    ranks = np.array(ranks_list, dtype=np.intp)
     lengths = np.array([len(b) for b in buckets], dtype=np.int64)
     indptr = np.concatenate(([0], np.cumsum(lengths)))
     hashed = sparse.csr_matrix(
         (
-            np.concatenate(values) if values else np.empty(0),
-            np.concatenate(buckets) if buckets else np.empty(0, dtype=np.intp),
+            np.repeat(np.array(scales), lengths) if buckets else np.empty(0),
+            np.concatenate(buckets).astype(np.intp) if buckets else np.empty(0, dtype=np.intp),
             indptr,
         ),
         shape=(len(records), 1 << bits),

@@ -117,6 +117,17 @@ def test_features_read_user_text_and_system_prompt_separately() -> None:
     assert shares == pytest.approx((2 / 6, 3 / 6, 1 / 6, 0.0))
 
 
+@pytest.mark.parametrize(
+    "text", ["plain ascii", "café ß ж", "한국어 中文 カナ", "emoji 😀 and 𠀀", "\x00\x7f\x80ÿĀ߿ࠀ￿"]
+)
+def test_byte_and_script_counts_are_exact_for_every_utf8_width(text: str) -> None:
+    dense = dict(zip(DENSE_NAMES, extract((("user", text),), 12).dense, strict=True))
+    assert dense["user_bytes"] == pytest.approx(math.log1p(len(text.encode())))
+    wide = sum(1 for ch in text if not ch.isascii())
+    tokens = math.ceil((len(text) - wide) / 4) + wide
+    assert dense["user_tokens"] == pytest.approx(math.log1p(tokens))
+
+
 def test_a_long_user_text_is_hashed_over_its_head_and_tail_only() -> None:
     text = "a" * HEAD + "b" * 5000 + "c" * TAIL
     features = extract((("user", text),), BITS)
@@ -328,6 +339,19 @@ def test_missing_mismatched_and_corrupt_artifacts_are_config_errors(tmp_path: Pa
     assert "trained for tiers" in _error(
         tmp_path, write_artifact(tmp_path / "model.json", other_tiers)
     )
+
+
+def test_an_artifact_of_the_previous_format_is_refused_with_a_retrain_hint(tmp_path: Path) -> None:
+    # format 1 hashed 1,024 + 1,024 characters: its weights mean other things here
+    document = artifact_document(make_scorer(37))
+    old = dict(
+        document, format_version=1, features=dict(document["features"], head=1024, tail=1024)
+    )
+    message = _error(tmp_path, write_artifact(tmp_path / "model.json", old))
+    assert "format_version: this server reads 2, got 1" in message and "retrain" in message
+    # the same document under the current version number is still refused, for its window
+    relabelled = dict(old, format_version=FORMAT_VERSION)
+    assert "features.head" in _error(tmp_path, write_artifact(tmp_path / "model.json", relabelled))
 
 
 def test_parse_refuses_a_decreasing_calibration() -> None:

@@ -1,0 +1,160 @@
+"""Gateway throughput with the learned scorer on, beside v7, through the real Envoy.
+
+Stacks, same machine, same run, interleaved rounds (`bench_gateway.py`'s Envoy: routes answer by
+`direct_response`, so no upstream adds noise; its 4 KB mixed-script chat body):
+
+- floor: Envoy alone (buffer filter + direct_response);
+- cascade: `cascade serve` with the packaged config (v7);
+- cascade-scorer: the same config whose stable version is v7 with a trained scorer step after
+  its keyword rule (the artifact `cascade train` writes from the synthetic records of
+  `bench_scorer.py`), so every request is parsed, hashed and scored.
+
+Load: wrk at 1 and 16 connections. Reported: req/s, p50, p99 and the ext_proc server's CPU per
+request (from /proc), and cascade-scorer / cascade req/s at 16 connections (issue 13: within
+10 %).
+
+    .venv/bin/python bench/bench_scorer_gateway.py [--seconds 10] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_gateway import (
+    BIN,
+    body_4k,
+    check_routed,
+    cpu_seconds,
+    envoy_config,
+    free_port,
+    median_run,
+    process,
+    wait_port,
+    wrk,
+)
+from bench_scorer import synthetic_records
+
+from extproc.config.snapshot import DEFAULT_CONFIG
+
+STACKS = ("floor", "cascade", "cascade-scorer")
+
+
+def scorer_config(tmp: Path) -> Path:
+    """The packaged config with a stable version v7s = v7 + a trained scorer after its keywords."""
+    data = tmp / "train.jsonl"
+    data.write_text(
+        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in synthetic_records(3000, 1))
+    )
+    model = tmp / "scorer.json"
+    subprocess.run(
+        [str(BIN / "cascade"), "train", str(data), "-o", str(model), "--no-learning-curve"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    document = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    v7 = document["classifiers"]["v7"]
+    rule = {
+        "name": "learned",
+        "kind": "scorer",
+        "model": model.name,  # beside the config
+        "sha256": hashlib.sha256(model.read_bytes()).hexdigest(),
+    }
+    document["classifiers"]["v7s"] = dict(v7, rules=[v7["rules"][0], rule, *v7["rules"][1:]])
+    document["classifier"] = "v7s"
+    document.pop("canary", None)
+    config = tmp / "scorer.cascade.yaml"
+    config.write_text(yaml.safe_dump(document, allow_unicode=True))
+    return config
+
+
+def run_stack(
+    name: str, tmp: Path, seconds: int, script: Path, config: Path
+) -> dict[int, dict[str, float]]:
+    listen, admin = free_port(), free_port()
+    extproc_port = None if name == "floor" else free_port()
+    envoy_path = tmp / f"envoy-{name}.yaml"
+    envoy_path.write_text(yaml.safe_dump(envoy_config(listen, admin, extproc_port)))
+    results: dict[int, dict[str, float]] = {}
+    with contextlib.ExitStack() as stack:
+        server = None
+        if extproc_port is not None:
+            args = [str(BIN / "cascade"), "serve", "--listen", f"127.0.0.1:{extproc_port}"]
+            args += ["--log-level", "warning", "--metrics-listen", "off"]
+            if name == "cascade-scorer":
+                args += ["--config", str(config)]
+            server = stack.enter_context(process(args, tmp / f"{name}-server.log"))
+            wait_port(extproc_port)
+        envoy = [str(BIN / "envoy"), "-c", str(envoy_path), "--concurrency", "1"]
+        envoy += ["--use-dynamic-base-id", "--log-level", "error"]
+        stack.enter_context(process(envoy, tmp / f"{name}-envoy.log"))
+        wait_port(listen)
+        time.sleep(2.5)  # first health check of the ext_proc cluster
+        if server is not None:
+            check_routed(listen)
+        wrk(listen, 4, 2, script)  # warm-up
+        for connections in (1, 16):
+            before = cpu_seconds(server.pid) if server else 0.0
+            figures = wrk(listen, connections, seconds, script)
+            if server:
+                used = cpu_seconds(server.pid) - before
+                figures["server_cpu_us"] = used / max(figures["requests"], 1) * 1e6
+            results[connections] = figures
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        config = scorer_config(tmp)
+        body = tmp / "body.json"
+        body.write_bytes(body_4k())
+        script = tmp / "post.lua"
+        script.write_text(
+            'wrk.method = "POST"\n'
+            'wrk.headers["content-type"] = "application/json"\n'
+            f'local f = io.open("{body}", "rb")\nwrk.body = f:read("*a")\nf:close()\n'
+        )
+        runs: dict[str, list[dict[int, dict[str, float]]]] = {name: [] for name in STACKS}
+        loads = []
+        for _ in range(args.rounds):  # interleaved: drift on a shared machine hits every stack
+            for name, found in runs.items():
+                loads.append(os.getloadavg()[0])
+                found.append(run_stack(name, tmp, args.seconds, script, config))
+        results = {name: median_run(found) for name, found in runs.items()}
+    print(json.dumps(results, indent=1))
+    print(f"\nload average during the runs: {min(loads):.1f} to {max(loads):.1f}")
+    print(
+        f"{'stack':<15} {'conns':>5} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} "
+        f"{'srv CPU µs/req':>14}"
+    )
+    for name, by_conn in results.items():
+        for conns, f in by_conn.items():
+            print(
+                f"{name:<15} {conns:>5} {f['rps']:>8.0f} {f['p50_ms']:>7.2f} {f['p99_ms']:>7.2f} "
+                f"{f.get('server_cpu_us', 0):>14.0f}"
+            )
+    ratio = results["cascade-scorer"][16]["rps"] / results["cascade"][16]["rps"]
+    print(f"\ncascade-scorer / cascade req/s at 16 connections: {ratio:.1%}")
+    spread = [r[16]["rps"] for r in runs["cascade-scorer"]], [r[16]["rps"] for r in runs["cascade"]]
+    print(f"rounds at 16 connections: scorer {spread[0]}, v7 {spread[1]}")
+
+
+if __name__ == "__main__":
+    main()
