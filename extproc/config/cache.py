@@ -157,13 +157,7 @@ def _compile_semantic(check: Checker, value: object) -> SemanticSettings:
     path = "cache.semantic"
     spec = check.mapping(value, path, {"enabled", "threshold", "max_per_bucket", "max_chars"})
     defaults = SemanticSettings()
-    threshold = check.number(
-        spec.get("threshold", defaults.threshold), join_path(path, "threshold")
-    )
-    if not 0 < threshold <= 1:
-        raise check.fail(
-            join_path(path, "threshold"), f"expected 0 < threshold <= 1, got {threshold}"
-        )
+    threshold = check.share(spec.get("threshold", defaults.threshold), join_path(path, "threshold"))
     return SemanticSettings(
         enabled=check.boolean(spec.get("enabled", True), join_path(path, "enabled")),
         threshold=threshold,

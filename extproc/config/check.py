@@ -114,6 +114,13 @@ class Checker:
             raise self.fail(path, f"expected a percentage 0..100, got {number}")
         return number
 
+    def share(self, value: object, path: str) -> float:
+        """A number in (0, 1]: a similarity or threshold."""
+        number = self.number(value, path)
+        if not 0 < number <= 1:
+            raise self.fail(path, f"expected a number in (0, 1], got {number}")
+        return number
+
     def boolean(self, value: object, path: str) -> bool:
         if not isinstance(value, bool):
             raise self.fail(path, f"expected true or false, got {type_name(value)}")

@@ -162,13 +162,9 @@ def _compile_retry_pattern(check: Checker, value: object) -> RetryPatternSetting
     path = "telemetry.retry"
     spec = check.mapping(value, path, {"enabled", "similarity", "window_s", "per_user"})
     defaults = RetryPatternSettings()
-    similarity = check.number(
+    similarity = check.share(
         spec.get("similarity", defaults.similarity), join_path(path, "similarity")
     )
-    if not 0 < similarity <= 1:
-        raise check.fail(
-            join_path(path, "similarity"), f"expected 0 < similarity <= 1, got {similarity}"
-        )
     return RetryPatternSettings(
         enabled=check.boolean(spec.get("enabled", defaults.enabled), join_path(path, "enabled")),
         similarity=similarity,
