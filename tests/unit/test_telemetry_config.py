@@ -55,7 +55,7 @@ telemetry:
     [
         ("{colour: red}", "telemetry.colour", "unknown key"),
         ("{response_processing: yes please}", "telemetry.response_processing", "true or false"),
-        ("{retry: {similarity: 1.5}}", "telemetry.retry.similarity", "0 < similarity"),
+        ("{retry: {similarity: 1.5}}", "telemetry.retry.similarity", "in (0, 1]"),
         ("{retry: {window_s: 0}}", "telemetry.retry.window_s", ">= 1"),
         ("{decision_log: {max_bytes: 10}}", "telemetry.decision_log.path", "is required"),
         ("{decision_log: {path: x, max_bytes: 10}}", "telemetry.decision_log.max_bytes", ">= 1024"),
