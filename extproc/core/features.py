@@ -28,7 +28,7 @@ No feature keeps any text: a bucket number cannot be turned back into the n-gram
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -111,22 +111,21 @@ _GROUPS = 5
 _COUNTED = _GROUP.take(_CLASS) * 4 + np.select(
     [_CODES < 0x80, _CODES < 0x800, _CODES < 0x10000], [0, 1, 2], 3
 )
-#: One lookup per character gives all three: bits 0-16 the lowered code point, bits 20-24
-#: `_COUNTED`, bit 25 set inside a word.
-_LOW_BITS = U32(0x1FFFF)
-_COUNTED_SHIFT = U32(20)
-_IN_WORD = U32(1 << 25)
-_PACKED = (
-    _LOWERED | (_COUNTED.astype(np.uint32) << _COUNTED_SHIFT) | (_WORDISH.take(_CLASS) << U32(25))
-).astype(np.uint32)
+#: Per code point: its lowered code point times `_MIX` (every hash is finished by `* _MIX`, and
+#: multiplication distributes over the n-gram polynomial modulo 2**32, so mixed characters build
+#: mixed n-grams directly), 1 inside a word, and `_COUNTED`.
+_MIXED = (_LOWERED.astype(np.uint64) * int(_MIX) % (1 << 32)).astype(np.uint32)
+_INSIDE = _WORDISH.take(_CLASS).astype(np.uint32)
+_COUNTED8 = _COUNTED.astype(np.uint8)
+#: ASCII letters, deleted by `bytes.translate` to count them in an ASCII window.
+_ASCII_LETTERS = bytes(range(ord("A"), ord("Z") + 1)) + bytes(range(ord("a"), ord("z") + 1))
 
 
-@dataclass(frozen=True, slots=True, eq=False)
-class Features:
+class Features(NamedTuple):
     """The features of one request."""
 
     #: Bucket of every hashed n-gram occurrence (repeats kept), families in `FAMILIES` order.
-    buckets: npt.NDArray[np.uint32]
+    buckets: npt.NDArray[np.intp]
     #: Start of each family in `buckets`, one per `FAMILIES`; families may be empty.
     offsets: tuple[int, ...]
     #: The families that are not empty, and their starts (for `np.add.reduceat`).
@@ -145,90 +144,155 @@ def user_and_system(messages: tuple[tuple[str, str], ...]) -> tuple[str, str, in
     return " ".join([t for t in user if t]), " ".join(system), len(user)
 
 
+#: Most buckets a request can have: every n-gram of the window and two per word.
+_MOST = 6 * (WINDOW + 1)
+# numpy multiplies and shifts by an array faster than by a scalar, so the constants are arrays.
+_KS = np.full(WINDOW + 1, _K, dtype=np.uint32)
+_WORD_MIXES = np.full(WINDOW + 1, _WORD_MIX, dtype=np.uint32)
+_BIGRAMS = np.full(WINDOW + 1, _BIGRAM, dtype=np.uint32)
+#: Per `bits`: the shift (`hashes >> (32 - bits)`: the top bits pick the bucket), made on use.
+_SHIFTS: dict[int, npt.NDArray[np.uint32]] = {}
+_take = np.ndarray.take
+_EVERY_FAMILY = tuple(range(len(FAMILIES)))
+_multiply, _add, _bitand, _shift = np.multiply, np.add, np.bitwise_and, np.right_shift
+_reduceat = np.add.reduceat
+
+
+def _shifts(bits: int) -> npt.NDArray[np.uint32]:
+    shifts = _SHIFTS.get(bits)
+    if shifts is None:
+        shifts = _SHIFTS[bits] = np.full(_MOST, 32 - bits, dtype=np.uint32)
+    return shifts
+
+
 def extract(messages: tuple[tuple[str, str], ...], bits: int) -> Features:
     """The features of a request (its (role, text) messages), hashed to `2**bits` buckets."""
     user, system, turns = user_and_system(messages)
     size = len(user)
     window = user if size <= WINDOW else f"{user[:HEAD]} {user[-TAIL:]}"
-    # (unsigned array arithmetic wraps modulo 2**32 silently, which is what hashing wants; the
-    # tables end at 0x10000, where `mode="clip"` puts every code point above the BMP)
-    codes = np.frombuffer(window.encode("utf-32-le"), dtype=np.uint32)
-    n = len(codes)
-    packed = np.empty(n + 1, dtype=np.uint32)  # packed[0]: outside any word
-    packed[0] = 0
-    _PACKED.take(codes, out=packed[1:], mode="clip")
-    low = packed[1:] & _LOW_BITS
-    parts = [low]
-    prev = low
-    for order in (2, 3, 4):
-        prev = prev[:-1] * _K + low[order - 1 :]
-        parts.append(prev)
-    if " " in window:
-        words = _words(packed, low, parts[1])
-        parts += [words, words[:-1] * _BIGRAM + words[1:]]
-    hashes = np.concatenate(parts)
-    hashes *= _MIX
-    hashes >>= U32(32 - bits)
-    offsets, present, starts, start = [], [], [], 0
-    for index, part in enumerate(parts):
-        offsets.append(start)
-        if len(part):
-            present.append(index)
-            starts.append(start)
-        start += len(part)
-    offsets += [start] * (len(FAMILIES) - len(offsets))
-    # bins 0-19: `_COUNTED` outside words, 32-51: inside
-    binned = np.bincount(packed[1:] >> _COUNTED_SHIFT, minlength=64).tolist()
-    counts = [
-        a + b for a, b in zip(binned[: _GROUPS * 4], binned[32 : 32 + _GROUPS * 4], strict=True)
-    ]
-    dense = _dense(n, counts, size, system, len(messages), turns, "```" in window)
+    n = len(window)
+    padded, scripts, narrow, window_bytes = _encoded(window, n)
+    chars = 4 * n - 6 if n > 2 else (n * (n + 1)) // 2
+    if n > 1 and " " in window:
+        inside = _take(_INSIDE, padded, None, None, "clip")
+        starts = (inside[1:] > inside[:-1]).nonzero()[0]
+        words = len(starts)
+    else:
+        words = 0
+    count = chars + 2 * words - 1 if words else chars
+    hashes = np.empty(count, dtype=np.uint32)
+    _take(_MIXED, padded[1:], None, hashes[:n], "clip")
+    offsets = _char_grams(hashes, n, chars)
+    if words:
+        _word_grams(hashes, n, chars, inside, starts)
+    offsets += [chars, chars + words]
+    # (into intp: numpy gathers by intp indices without converting them first)
+    buckets = _shift(hashes, _shifts(bits)[:count], np.empty(count, dtype=np.intp))
+    if n > 3 and words > 1:
+        present = _EVERY_FAMILY
+    else:
+        sizes = (n, n - 1, n - 2, n - 3, words, words - 1)
+        present = tuple(i for i, length in enumerate(sizes) if length > 0)
+    dense = _dense(
+        size,
+        window_bytes,
+        n - narrow,
+        n,
+        scripts,
+        system,
+        (len(messages), turns, "```" in window),
+    )
     return Features(
-        hashes,
+        buckets,
         tuple(offsets),
-        tuple(present),
-        np.array(starts, dtype=np.intp),
-        1.0 / math.sqrt(start) if start else 0.0,
+        present,
+        np.array([offsets[i] for i in present], dtype=np.intp),
+        1.0 / math.sqrt(count) if count else 0.0,
         dense,
     )
 
 
-def _words(
-    packed: npt.NDArray[np.uint32], low: npt.NDArray[np.uint32], pairs: npt.NDArray[np.uint32]
-) -> npt.NDArray[np.uint32]:
-    """One hash per word: the sum of its characters and of its character pairs' hashes.
+def _encoded(
+    window: str, n: int
+) -> tuple[npt.NDArray[np.uint8] | npt.NDArray[np.uint32], tuple[int, int, int, int], int, int]:
+    """The window's code points after a space (outside any word, so that word starts are where
+    `inside` goes up), its letters by script, its one-byte characters and its UTF-8 size.
 
-    (A bag of characters and pairs: order-sensitive enough for words, and one `reduceat` over
-    the text instead of a hash per word; characters outside words weigh nothing.)
+    (Unsigned array arithmetic wraps modulo 2**32 silently, which is what hashing wants; the
+    tables end at 0x10000, where `mode="clip"` puts every code point above the BMP.)
     """
-    flags = packed >= _IN_WORD  # flags[0] is False: a word starts where flags go up
-    inside = flags[1:]
-    values = low * inside
-    values[:-1] += pairs * (inside[:-1] & inside[1:])
-    starts = np.flatnonzero(inside > flags[:-1])
-    if not len(starts):
-        return values[:0]
-    hashed: npt.NDArray[np.uint32] = np.add.reduceat(values, starts, dtype=np.uint32)
-    hashed *= _WORD_MIX
-    return hashed
+    if window.isascii():  # most traffic: one byte per character, counts without a table
+        raw = window.encode("ascii")
+        letters = n - len(raw.translate(None, _ASCII_LETTERS))
+        return np.frombuffer(b" " + raw, dtype=np.uint8), (letters, 0, 0, 0), n, n
+    padded = np.frombuffer(f" {window}".encode("utf-32-le"), dtype=np.uint32)
+    counts = np.bincount(_take(_COUNTED8, padded, None, None, "clip"), minlength=_GROUPS * 4)
+    found = counts.tolist()
+    found[0] -= 1  # the space in front
+    scripts = (sum(found[4:8]), sum(found[8:12]), sum(found[12:16]), sum(found[16:20]))
+    window_bytes = n + sum(found[1::4]) + 2 * sum(found[2::4]) + 3 * sum(found[3::4])
+    return padded, scripts, sum(found[0::4]), window_bytes
+
+
+def _char_grams(hashes: npt.NDArray[np.uint32], n: int, chars: int) -> list[int]:
+    """Fill the 2- to 4-grams after the (mixed) characters in `hashes[:n]`; their starts."""
+    low = hashes[:n]
+    if n <= 2:  # (too short for 3- and 4-grams)
+        if n == 2:
+            _multiply(low[:1], _KS[:1], hashes[2:])
+            _add(hashes[2:], low[1:], hashes[2:])
+        return [0, n, chars, chars]
+    previous = low
+    for start, length in ((n, n - 1), (2 * n - 1, n - 2), (3 * n - 3, n - 3)):
+        gram = hashes[start : start + length]
+        _multiply(previous[:length], _KS[:length], gram)
+        _add(gram, low[n - length :], gram)
+        previous = gram
+    return [0, n, 2 * n - 1, 3 * n - 3]
+
+
+def _word_grams(
+    hashes: npt.NDArray[np.uint32],
+    n: int,
+    chars: int,
+    inside: npt.NDArray[np.uint32],
+    starts: npt.NDArray[np.intp],
+) -> None:
+    """Fill the words and word pairs after the character n-grams in `hashes`.
+
+    A word is a bag of its characters and pairs (order-sensitive enough for words, and one
+    `reduceat` over the text instead of a hash per word): per character, its own hash and that
+    of the pair it starts when both are inside the word; characters outside words weigh nothing.
+    """
+    words = len(starts)
+    values = np.empty(n, dtype=np.uint32)
+    _multiply(hashes[n : 2 * n - 1], inside[2:], values[:-1])
+    values[-1] = 0
+    _add(values, hashes[:n], values)
+    _multiply(values, inside[1:], values)
+    mixed = hashes[chars : chars + words]
+    _reduceat(values, starts, 0, None, mixed)
+    _multiply(mixed, _WORD_MIXES[:words], mixed)
+    pair = hashes[chars + words :]
+    _multiply(mixed[:-1], _BIGRAMS[: words - 1], pair)
+    _add(pair, mixed[1:], pair)
 
 
 def _dense(
-    n: int,
-    counts: list[int],
     size: int,
+    window_bytes: int,
+    window_wide: int,
+    n: int,
+    scripts: tuple[int, int, int, int],
     system: str,
-    messages: int,
-    turns: int,
-    code_block: bool,
+    counts: tuple[int, int, bool],
 ) -> tuple[float, ...]:
-    """`DENSE_NAMES` from the window's counts by group and UTF-8 width (`_COUNTED`)."""
-    ascii_count = sum(counts[0::4])
-    if n and ascii_count < n:
+    """`DENSE_NAMES` from the window's UTF-8 size, its characters wider than one byte and its
+    letters by script (Latin, Hangul, Han, other)."""
+    if window_wide:  # lengths of a longer text extrapolated from the window's mix
         stretch = size / n
-        window_bytes = n + sum(counts[1::4]) + 2 * sum(counts[2::4]) + 3 * sum(counts[3::4])
         user_bytes = window_bytes * stretch
-        user_wide = (n - ascii_count) * stretch
+        user_wide = window_wide * stretch
     else:
         user_bytes, user_wide = float(size), 0.0
     user_tokens = math.ceil((size - user_wide) / 4) + user_wide
@@ -236,14 +300,10 @@ def _dense(
     sys_bytes = sys_chars if system.isascii() else len(system.encode("utf-8"))
     sys_wide = (sys_bytes - sys_chars) / 2
     sys_tokens = math.ceil((sys_chars - sys_wide) / 4) + sys_wide
-    latin, hangul, han, other = (
-        sum(counts[4:8]),
-        sum(counts[8:12]),
-        sum(counts[12:16]),
-        sum(counts[16:20]),
-    )
-    letters = latin + hangul + han + other
+    letters = sum(scripts)
     share = 1.0 / letters if letters else 0.0
+    latin, hangul, han, other = scripts
+    messages, turns, code_block = counts
     log = math.log1p
     return (
         log(size),

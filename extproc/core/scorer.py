@@ -21,11 +21,15 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 
 from extproc.core.features import DENSE_NAMES, FAMILIES, Features, extract
+
+_take = np.ndarray.take
+_reduceat = np.add.reduceat
 
 #: Names of the contributions `explain` can report (never any text of the request).
 CONTRIBUTION_NAMES = FAMILIES + DENSE_NAMES
@@ -57,18 +61,18 @@ class Scorer:
     #: The content hash the config named (sha256 hex), for logs.
     sha256: str = ""
     #: Derived at construction: each boundary's weight row (a view), and per boundary the
-    #: dense features' (weight, mean, std) triples, so a request costs one `take` with one
-    #: boundary (two tiers) and one zip per boundary.
-    _rows: tuple[npt.NDArray[np.float64], ...] = field(init=False, repr=False, default=())
-    _dense_terms: tuple[tuple[tuple[float, float, float], ...], ...] = field(
+    #: dense features' (weight / std, weight * mean / std) pairs, so a request costs one `take`
+    #: with one boundary (two tiers) and one zip per boundary.
+    _rows: tuple[npt.NDArray[np.float32], ...] = field(init=False, repr=False, default=())
+    _dense_terms: tuple[tuple[tuple[float, float], ...], ...] = field(
         init=False, repr=False, default=()
     )
 
     def __post_init__(self) -> None:
-        # float64 rows: the gathered weights are summed in float64 without a cast per request
-        rows = tuple(self.weights[k].astype(np.float64) for k in range(self.weights.shape[0]))
+        rows = tuple(self.weights[k] for k in range(self.weights.shape[0]))
         terms = tuple(
-            tuple(zip(weights, self.mean, self.std, strict=True)) for weights in self.dense
+            tuple((w / s, w * m / s) for w, m, s in zip(weights, self.mean, self.std, strict=True))
+            for weights in self.dense
         )
         object.__setattr__(self, "_rows", rows)
         object.__setattr__(self, "_dense_terms", terms)
@@ -110,8 +114,8 @@ class Scorer:
             self.bias, self.family_sums(features), self._dense_terms, strict=True
         ):
             contributions = [t * scale for t in totals]
-            contributions += [w * ((v - m) / s) for (w, m, s), v in zip(terms, dense, strict=True)]
-            raw.append(bias + scale * sum(totals) + sum(contributions[len(FAMILIES) :]))
+            contributions += [c * v - e for (c, e), v in zip(terms, dense, strict=True)]
+            raw.append(bias + sum(contributions))
             parts.append(contributions)
         return raw, parts
 
@@ -122,11 +126,12 @@ class Scorer:
             return [[0.0] * len(FAMILIES) for _ in range(self.boundaries)]
         found: list[list[float]]
         if len(self._rows) == 1:  # two tiers: a 1-D take is the cheaper gather
-            row = self._rows[0].take(features.buckets)
-            found = [np.add.reduceat(row, features.starts).tolist()]
+            # (float32 weights halve the table's cache footprint; the sums are float64)
+            row = _take(self._rows[0], features.buckets).astype(np.float64)
+            found = [_reduceat(row, features.starts).tolist()]
         else:
             table = self.weights.take(features.buckets, axis=1)
-            found = np.add.reduceat(table, features.starts, axis=1, dtype=np.float64).tolist()
+            found = _reduceat(table, features.starts, 1, np.float64).tolist()
         if len(present) == len(FAMILIES):
             return found
         sums = [[0.0] * len(FAMILIES) for _ in range(self.boundaries)]
@@ -146,8 +151,7 @@ class Scorer:
         return points[0][1] if share < points[0][0] else points[-1][1]
 
 
-@dataclass(frozen=True, slots=True)
-class ScoreResult:
+class ScoreResult(NamedTuple):
     """What a scorer step found: the tier (None: abstained) and why."""
 
     tier: str | None
@@ -200,9 +204,12 @@ class ScorerStep:
 
 def _top(values: list[float], *, escalated: bool) -> tuple[str, ...]:
     """Names of the `TOP_FEATURES` largest contributions toward the outcome (ties: first)."""
-    order = sorted(range(len(values)), key=values.__getitem__, reverse=escalated)
+    order = sorted(_INDEXES, key=values.__getitem__, reverse=escalated)[:TOP_FEATURES]
     sign = 1.0 if escalated else -1.0
-    return tuple(CONTRIBUTION_NAMES[i] for i in order[:TOP_FEATURES] if sign * values[i] > 0)
+    return tuple(CONTRIBUTION_NAMES[i] for i in order if sign * values[i] > 0)
+
+
+_INDEXES = range(len(CONTRIBUTION_NAMES))
 
 
 def _sigmoid(x: float) -> float:

@@ -137,7 +137,7 @@ def assign_folds(groups: Sequence[str], folds: int, seed: int) -> npt.NDArray[np
 def featurize(
     records: Sequence[Record], tiers: Sequence[str], bits: int, group_by: str | None = None
 ) -> Design:
-    buckets: list[npt.NDArray[np.uint32]] = []
+    buckets: list[npt.NDArray[np.intp]] = []
     scales: list[float] = []
     dense_rows: list[tuple[float, ...]] = []
     ranks_list: list[int] = []
@@ -158,7 +158,7 @@ def featurize(
     hashed = sparse.csr_matrix(
         (
             np.repeat(np.array(scales), lengths) if buckets else np.empty(0),
-            np.concatenate(buckets).astype(np.intp) if buckets else np.empty(0, dtype=np.intp),
+            np.concatenate(buckets) if buckets else np.empty(0, dtype=np.intp),
             indptr,
         ),
         shape=(len(records), 1 << bits),

@@ -92,12 +92,27 @@ def reference_buckets(text: str, bits: int) -> list[int]:
         "帮我重构这个函数",
         "Ünïcode mix 가나 汉字 ok",
         "a",
+        "",
+        "ab",
+        "a b",
+        "ab c",
+        " x ",
+        "one, two  three four",
     ],
 )
 def test_hashing_matches_the_reference(text: str) -> None:
     features = extract((("user", text),), BITS)
     assert features.buckets.tolist() == reference_buckets(text, BITS)
-    assert features.scale == pytest.approx(1 / math.sqrt(len(features.buckets)))
+    total = len(features.buckets)
+    assert features.scale == (pytest.approx(1 / math.sqrt(total)) if total else 0.0)
+    # family starts: 1- to 4-grams of the characters, then words and word pairs
+    n = len(text)
+    marks = "".join("w" if _wordish(ch) else " " for ch in text)
+    words = len(marks.split()) if " " in text else 0
+    sizes = [max(n - k, 0) for k in range(4)] + [words, max(words - 1, 0)]
+    starts = [sum(sizes[:i]) for i in range(len(FAMILIES))]
+    assert features.offsets == tuple(starts)
+    assert features.present == tuple(i for i, size in enumerate(sizes) if size)
 
 
 def test_features_read_user_text_and_system_prompt_separately() -> None:
