@@ -225,6 +225,13 @@ def _encoded(
         raw = window.encode("ascii")
         letters = n - len(raw.translate(None, _ASCII_LETTERS))
         return np.frombuffer(b" " + raw, dtype=np.uint8), (letters, 0, 0, 0), n, n
+    return _encoded_wide(window, n)
+
+
+def _encoded_wide(
+    window: str, n: int
+) -> tuple[npt.NDArray[np.uint32], tuple[int, int, int, int], int, int]:
+    """`_encoded` for any text: 4 bytes per character, counts by table."""
     padded = np.frombuffer(f" {window}".encode("utf-32-le"), dtype=np.uint32)
     counts = np.bincount(_take(_COUNTED8, padded, None, None, "clip"), minlength=_GROUPS * 4)
     found = counts.tolist()

@@ -23,6 +23,7 @@ from extproc.config.artifacts import (
 )
 from extproc.config.snapshot import compile_config
 from extproc.config.store import ConfigStore
+from extproc.core import features as features_module
 from extproc.core import headers
 from extproc.core.chat import ChatRequest
 from extproc.core.classify import classify
@@ -113,6 +114,15 @@ def test_hashing_matches_the_reference(text: str) -> None:
     starts = [sum(sizes[:i]) for i in range(len(FAMILIES))]
     assert features.offsets == tuple(starts)
     assert features.present == tuple(i for i, size in enumerate(sizes) if size)
+
+
+@pytest.mark.parametrize("text", ["", "x", "Hello, World 42!", "tab\tand\nnewline ~`|"])
+def test_the_ascii_shortcut_counts_like_the_table(text: str) -> None:
+    padded, scripts, narrow, size = features_module._encoded(text, len(text))
+    wide, wide_scripts, wide_narrow, wide_size = features_module._encoded_wide(text, len(text))
+    assert padded.dtype == np.uint8  # the shortcut was taken
+    assert padded.tolist() == wide.tolist()
+    assert (scripts, narrow, size) == (wide_scripts, wide_narrow, wide_size)
 
 
 def test_features_read_user_text_and_system_prompt_separately() -> None:
