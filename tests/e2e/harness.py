@@ -323,3 +323,20 @@ def stream_events(port: int, body: bytes, timeout: float = 30) -> Iterator[tuple
             yield time.monotonic() - started, chunk
     finally:
         conn.close()
+
+
+def serving(gateway: Gateway) -> Iterator[Gateway]:
+    """A module fixture's body: `yield from serving(Gateway(...))` gives the gateway to the
+    module's tests and closes it after the last one. (pytest does not throw a test's failure
+    into its fixtures; the gateway's logs reach a failing test's report through
+    `conftest.pytest_runtest_makereport`.)"""
+    try:
+        yield gateway
+    finally:
+        gateway.close()
+
+
+def reset_backends(gateway: Gateway) -> None:
+    """Forget what every mock backend was asked and told to do (between tests of one stack)."""
+    for backend in gateway.backends.values():
+        backend.reset()

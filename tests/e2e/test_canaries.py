@@ -14,7 +14,7 @@ import pytest
 
 from extproc.config.snapshot import compile_config
 from extproc.routing.choice import choose_classifier
-from tests.e2e.harness import Gateway, wait_for
+from tests.e2e.harness import Gateway, serving, wait_for
 
 REQUESTS = 600
 CANARY_WEIGHT = 20  # percent of weak traffic on the canary backend group
@@ -51,13 +51,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
         extra_backends={"weak_canary": "qwen3-4b-v2"},
         edit_config=edit,
     )
-    try:
-        yield gateway
-    except BaseException:
-        print(gateway.logs())
-        raise
-    finally:
-        gateway.close()
+    yield from serving(gateway)
 
 
 def test_backend_canary_split_and_mirror_fraction(stack: Gateway) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from extproc.gateway.common import EXT_PROC_CLUSTER, SIDE_STREAM_FLOW_CONTROL
-from tests.e2e.harness import Gateway, Response
+from tests.e2e.harness import Gateway, Response, serving
 
 ROUNDS = 50
 SMALL = 4  # strong requests in flight beside the big one
@@ -51,13 +51,7 @@ def chat_body(size: int = 0) -> bytes:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     # the harness's config: strong has `fallback: weak`, rewrite_model on (upstream role BUFFERED)
     gateway = Gateway(tmp_path_factory.mktemp("crash"), OVERRIDES, edit_envoy=cold_pools)
-    try:
-        yield gateway
-    except BaseException:
-        print(gateway.logs())
-        raise
-    finally:
-        gateway.close()
+    yield from serving(gateway)
 
 
 def post(gateway: Gateway, body: bytes, headers: dict[str, str]) -> Response:

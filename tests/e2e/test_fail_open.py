@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from extproc.gateway.lua import UNCLASSIFIED_REASON
-from tests.e2e.harness import Gateway, Response, wait_for
+from tests.e2e.harness import Gateway, Response, serving, wait_for
 
 MODELS = {"weak": "qwen3-4b", "strong": "glm-5"}
 #: what clients send: OpenAI names, the router's `auto`, nothing at all
@@ -31,13 +31,7 @@ def stack(tmp_path: Path) -> Iterator[Gateway]:
     gateway = Gateway(
         tmp_path, strict_models=True
     )  # rewrite_model on: `unclassified: auto` = rewrite
-    try:
-        yield gateway
-    except BaseException:
-        print(gateway.logs())
-        raise
-    finally:
-        gateway.close()
+    yield from serving(gateway)
 
 
 def chat(

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.harness import Gateway, Response, wait_for
+from tests.e2e.harness import Gateway, Response, reset_backends, serving, wait_for
 
 REFUSAL = "I'm sorry, but I can't help with that request."
 
@@ -51,19 +51,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     gateway = Gateway(
         tmp_path_factory.mktemp("gate"), extra_backends={"mid": "mid-model"}, edit_config=edit
     )
-    try:
-        yield gateway
-    except BaseException:
-        print(gateway.logs())
-        raise
-    finally:
-        gateway.close()
+    yield from serving(gateway)
 
 
 @pytest.fixture(autouse=True)
 def clean(stack: Gateway) -> None:
-    for backend in stack.backends.values():
-        backend.reset()
+    reset_backends(stack)
 
 
 def served(stack: Gateway) -> dict[str, int]:

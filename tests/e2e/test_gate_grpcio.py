@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.harness import Gateway
+from tests.e2e.harness import Gateway, serving
 from tests.e2e.test_gate_stream import DELAY_MS, REFUSAL, WORDS, body, events, stream
 
 
@@ -24,13 +24,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
         edit_config=edit,
         serve_args=("--transport", "grpcio"),
     )
-    try:
-        yield gateway
-    except BaseException:
-        print(gateway.logs())
-        raise
-    finally:
-        gateway.close()
+    yield from serving(gateway)
 
 
 def test_streams_escalate_and_pass(stack: Gateway) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.harness import Gateway
+from tests.e2e.harness import Gateway, reset_backends, serving
 
 #: the mock's logprobs give this text a mean of -0.38 and the next one -0.56 (deterministic)
 CONFIDENT = "Paris is the capital of France and its largest city by far."
@@ -29,19 +29,12 @@ def stack(
         }
 
     gateway = Gateway(tmp_path_factory.mktemp("gate_logprobs"), edit_config=edit)
-    try:
-        yield gateway
-    except BaseException:
-        print(gateway.logs())
-        raise
-    finally:
-        gateway.close()
+    yield from serving(gateway)
 
 
 @pytest.fixture(autouse=True)
 def clean(stack: Gateway) -> None:
-    for backend in stack.backends.values():
-        backend.reset()
+    reset_backends(stack)
 
 
 def test_logprobs_asked_for_judged_and_stripped(stack: Gateway) -> None:

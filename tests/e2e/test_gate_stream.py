@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.harness import Gateway
+from tests.e2e.harness import Gateway, reset_backends, serving
 
 DELAY_MS = 50
 HOLD_TOKENS = 4
@@ -35,19 +35,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     gateway = Gateway(
         tmp_path_factory.mktemp("gate_stream"), stream_delay_ms=DELAY_MS, edit_config=edit
     )
-    try:
-        yield gateway
-    except BaseException:
-        print(gateway.logs())
-        raise
-    finally:
-        gateway.close()
+    yield from serving(gateway)
 
 
 @pytest.fixture(autouse=True)
 def clean(stack: Gateway) -> None:
-    for backend in stack.backends.values():
-        backend.reset()
+    reset_backends(stack)
 
 
 def body(text: str = "hello", model: str = "auto") -> bytes:
@@ -173,13 +166,7 @@ def timed_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     gateway = Gateway(
         tmp_path_factory.mktemp("gate_timed"), stream_delay_ms=DELAY_MS, edit_config=edit_timed
     )
-    try:
-        yield gateway
-    except BaseException:
-        print(gateway.logs())
-        raise
-    finally:
-        gateway.close()
+    yield from serving(gateway)
 
 
 def test_the_hold_ends_at_hold_ms(timed_stack: Gateway) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.harness import Gateway, Response
+from tests.e2e.harness import Gateway, Response, reset_backends, serving
 
 SHIPPED = Path(__file__).parents[2] / "envoy" / "cascade.yaml"
 SERVED = {"weak": "qwen3-4b", "strong": "glm-5"}
@@ -42,13 +42,7 @@ def shipped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     gateway = Gateway(
         tmp_path_factory.mktemp("shipped"), edit_config=_shipped(None), strict_models=True
     )
-    try:
-        yield gateway
-    except BaseException:
-        print(gateway.logs())
-        raise
-    finally:
-        gateway.close()
+    yield from serving(gateway)
 
 
 def chat(gateway: Gateway, text: str, model: str | None) -> Response:
@@ -70,8 +64,7 @@ def _all_served(gateway: Gateway) -> list[tuple[str, str | None, int]]:
 
 
 def _clear(gateway: Gateway) -> None:
-    for backend in gateway.backends.values():
-        backend.reset()
+    reset_backends(gateway)
 
 
 def test_the_shipped_config_rewrites_model_names() -> None:

@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from extproc._pb.cascade.v1 import cascade_pb2, cascade_pb2_grpc
 from tests.conftest import API_AUTH
-from tests.e2e.harness import Gateway, stream_events, wait_for
+from tests.e2e.harness import Gateway, serving, stream_events, wait_for
 
 PRICES = {
     "weak": {"input_per_mtok": 0.1, "output_per_mtok": 0.4},
@@ -41,13 +41,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     gateway = Gateway(
         tmp_path_factory.mktemp("observability"), stream_delay_ms=60, edit_config=_edit
     )
-    try:
-        yield gateway
-    except BaseException:
-        print(gateway.logs())
-        raise
-    finally:
-        gateway.close()
+    yield from serving(gateway)
 
 
 def samples(text: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:

@@ -15,7 +15,7 @@ import pytest
 from cascade_dev.mock_backend import MockBackend, MockBackendThread
 
 from extproc.cli.main import main
-from tests.e2e.harness import Gateway, wait_for
+from tests.e2e.harness import Gateway, serving, wait_for
 
 MIRROR_PERCENT = 50
 REQUESTS = 16
@@ -35,13 +35,7 @@ def edit(document: dict[str, Any], gateway: Gateway) -> None:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     gateway = Gateway(tmp_path_factory.mktemp("capture"), edit_config=edit, stream_delay_ms=10)
-    try:
-        yield gateway
-    except BaseException:
-        print(gateway.logs())
-        raise
-    finally:
-        gateway.close()
+    yield from serving(gateway)
 
 
 def pairs(stack: Gateway) -> dict[str, dict[str, Any]]:

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from cascade_dev.mock_backend import MockBackend, MockBackendThread
 
-from tests.e2e.harness import CASCADE, Gateway, wait_for
+from tests.e2e.harness import CASCADE, Gateway, serving, wait_for
 from tests.e2e.test_canary_rollout import PROMETHEUS, PrometheusProcess
 from tests.protocol.test_judge_metrics import pushgateway  # noqa: F401  (a real Pushgateway)
 
@@ -72,13 +72,7 @@ def traffic(gateway: Gateway, rounds: int, tag: str) -> int:
 def stack(tmp_path: Path) -> Iterator[Gateway]:
     (tmp_path / "stack").mkdir()
     gateway = Gateway(tmp_path / "stack", edit_config=edit, stream_delay_ms=5)
-    try:
-        yield gateway
-    except BaseException:
-        print(gateway.logs())
-        raise
-    finally:
-        gateway.close()
+    yield from serving(gateway)
 
 
 def test_traffic_to_labels_to_a_new_version_to_a_canary_judged_by_quality(

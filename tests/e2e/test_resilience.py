@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.e2e.harness import Gateway, Response, wait_for
+from tests.e2e.harness import Gateway, Response, reset_backends, serving, wait_for
 
 #: time to first byte allowed to a streamed attempt (the default is 10 s; short for the test)
 STREAM_PER_TRY_MS = 1000
@@ -27,19 +27,12 @@ envoy:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     gateway = Gateway(tmp_path_factory.mktemp("resilience"), OVERRIDES)
-    try:
-        yield gateway
-    except BaseException:
-        print(gateway.logs())
-        raise
-    finally:
-        gateway.close()
+    yield from serving(gateway)
 
 
 @pytest.fixture(autouse=True)
 def clean(stack: Gateway) -> None:
-    for backend in stack.backends.values():
-        backend.reset()
+    reset_backends(stack)
 
 
 def test_503_then_200_is_retried(stack: Gateway) -> None:

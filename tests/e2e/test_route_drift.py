@@ -16,7 +16,7 @@ import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.e2e.harness import Gateway, wait_for
+from tests.e2e.harness import Gateway, serving, wait_for
 
 
 def _mid_tier(document: dict[str, Any], gateway: Gateway) -> dict[str, Any]:
@@ -39,13 +39,7 @@ def _mid_tier(document: dict[str, Any], gateway: Gateway) -> dict[str, Any]:
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[Gateway]:
     gateway = Gateway(tmp_path, extra_backends={"mid": "mid-model"}, strict_models=True)
-    try:
-        yield gateway
-    except BaseException:
-        print(gateway.logs())
-        raise
-    finally:
-        gateway.close()
+    yield from serving(gateway)
 
 
 def routes_status(gateway: Gateway) -> int:

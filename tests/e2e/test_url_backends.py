@@ -19,7 +19,7 @@ import pytest
 import yaml
 from cascade_dev.mock_backend import MockBackend, MockBackendThread, RecordedRequest
 
-from tests.e2e.harness import Gateway, stream_events
+from tests.e2e.harness import Gateway, serving, stream_events
 from tests.e2e.tls_backends import Pki, make_pki
 
 CLIENT_KEY = "client-secret-do-not-forward"
@@ -116,13 +116,7 @@ def providers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Providers]:
 @pytest.fixture(scope="module")
 def hosted(tmp_path_factory: pytest.TempPathFactory, providers: Providers) -> Iterator[Gateway]:
     gateway = _stack(tmp_path_factory.mktemp("hosted"), providers)
-    try:
-        yield gateway
-    except BaseException:
-        print(gateway.logs())
-        raise
-    finally:
-        gateway.close()
+    yield from serving(gateway)
 
 
 def _ask(gateway: Gateway, text: str = STRONG) -> Any:
