@@ -13,7 +13,7 @@ Load: wrk at 1 and 16 connections. Reported: req/s, p50, p99 and the ext_proc se
 request (from /proc), and cascade-scorer / cascade req/s at 16 connections (issue 13: within
 10 %).
 
-    .venv/bin/python bench/bench_scorer_gateway.py [--seconds 10] [--rounds 3]
+    .venv/bin/python bench/bench_scorer_gateway.py [--seconds 10] [--rounds 3] [--bits 18]
 """
 
 from __future__ import annotations
@@ -52,15 +52,16 @@ from extproc.config.snapshot import DEFAULT_CONFIG
 STACKS = ("floor", "cascade", "cascade-scorer")
 
 
-def scorer_config(tmp: Path) -> Path:
+def scorer_config(tmp: Path, bits: int) -> Path:
     """The packaged config with a stable version v7s = v7 + a trained scorer after its keywords."""
     data = tmp / "train.jsonl"
     data.write_text(
         "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in synthetic_records(3000, 1))
     )
     model = tmp / "scorer.json"
+    train = [str(BIN / "cascade"), "train", str(data), "-o", str(model), "--no-learning-curve"]
     subprocess.run(
-        [str(BIN / "cascade"), "train", str(data), "-o", str(model), "--no-learning-curve"],
+        [*train, "--bits", str(bits)],
         check=True,
         stdout=subprocess.DEVNULL,
     )
@@ -119,10 +120,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--bits", type=int, default=18, help="the scorer's hash buckets, 2^bits")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
-        config = scorer_config(tmp)
+        config = scorer_config(tmp, args.bits)
         body = tmp / "body.json"
         body.write_bytes(body_4k())
         script = tmp / "post.lua"

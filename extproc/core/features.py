@@ -100,23 +100,22 @@ _LOWERED[np.isin(_CLASS, [_UPPER, _LATIN_UPPER])] += U32(32)
 _WORDISH = np.zeros(_CLASSES, dtype=np.uint32)
 _WORDISH[[_DIGIT, _LOWER, _UPPER, _LATIN, _LATIN_UPPER, _HANGUL, _LETTER]] = 1
 _CODES = np.arange(0x10001)
-#: What `DENSE_NAMES` count, in one number per code point for one `bincount`:
-#: group * 4 + (UTF-8 bytes - 1), groups: 0 not a letter, then the four script shares.
-_GROUP = np.zeros(_CLASSES, dtype=np.intp)
-_GROUP[[_LOWER, _UPPER, _LATIN, _LATIN_UPPER]] = 1
-_GROUP[_HANGUL] = 2
-_GROUP[_HAN] = 3
-_GROUP[[_KANA, _LETTER]] = 4
-_GROUPS = 5
-_COUNTED = _GROUP.take(_CLASS) * 4 + np.select(
-    [_CODES < 0x80, _CODES < 0x800, _CODES < 0x10000], [0, 1, 2], 3
-)
+#: What `DENSE_NAMES` count, packed per code point into one 64-bit number so that one sum counts
+#: them all: 12 bits per field (a window has at most 1,025 characters), fields: wider than one
+#: UTF-8 byte, then letters of the four script shares (Latin, Hangul, Han, other).
+_FIELD = 12
+_FIELD_MASK = (1 << _FIELD) - 1
+_SCRIPT = np.zeros(_CLASSES, dtype=np.uint64)
+_SCRIPT[[_LOWER, _UPPER, _LATIN, _LATIN_UPPER]] = 1 << _FIELD
+_SCRIPT[_HANGUL] = 1 << 2 * _FIELD
+_SCRIPT[_HAN] = 1 << 3 * _FIELD
+_SCRIPT[[_KANA, _LETTER]] = 1 << 4 * _FIELD
+_PACKED = _SCRIPT.take(_CLASS) + (_CODES >= 0x80).astype(np.uint64)
 #: Per code point: its lowered code point times `_MIX` (every hash is finished by `* _MIX`, and
 #: multiplication distributes over the n-gram polynomial modulo 2**32, so mixed characters build
-#: mixed n-grams directly), 1 inside a word, and `_COUNTED`.
+#: mixed n-grams directly) and 1 inside a word.
 _MIXED = (_LOWERED.astype(np.uint64) * int(_MIX) % (1 << 32)).astype(np.uint32)
 _INSIDE = _WORDISH.take(_CLASS).astype(np.uint32)
-_COUNTED8 = _COUNTED.astype(np.uint8)
 #: ASCII letters, deleted by `bytes.translate` to count them in an ASCII window.
 _ASCII_LETTERS = bytes(range(ord("A"), ord("Z") + 1)) + bytes(range(ord("a"), ord("z") + 1))
 
@@ -231,14 +230,18 @@ def _encoded(
 def _encoded_wide(
     window: str, n: int
 ) -> tuple[npt.NDArray[np.uint32], tuple[int, int, int, int], int, int]:
-    """`_encoded` for any text: 4 bytes per character, counts by table."""
+    """`_encoded` for any text: 4 bytes per character, counts by one packed table and a sum."""
     padded = np.frombuffer(f" {window}".encode("utf-32-le"), dtype=np.uint32)
-    counts = np.bincount(_take(_COUNTED8, padded, None, None, "clip"), minlength=_GROUPS * 4)
-    found = counts.tolist()
-    found[0] -= 1  # the space in front
-    scripts = (sum(found[4:8]), sum(found[8:12]), sum(found[12:16]), sum(found[16:20]))
-    window_bytes = n + sum(found[1::4]) + 2 * sum(found[2::4]) + 3 * sum(found[3::4])
-    return padded, scripts, sum(found[0::4]), window_bytes
+    packed = int(_take(_PACKED, padded, None, None, "clip").sum())
+    mask = _FIELD_MASK
+    wide = packed & mask
+    scripts = (
+        (packed >> _FIELD) & mask,
+        (packed >> 2 * _FIELD) & mask,
+        (packed >> 3 * _FIELD) & mask,
+        packed >> 4 * _FIELD,
+    )
+    return padded, scripts, n - wide, len(window.encode("utf-8"))
 
 
 def _char_grams(hashes: npt.NDArray[np.uint32], n: int, chars: int) -> list[int]:

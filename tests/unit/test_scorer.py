@@ -153,6 +153,17 @@ def test_byte_and_script_counts_are_exact_for_every_utf8_width(text: str) -> Non
     assert dense["user_tokens"] == pytest.approx(math.log1p(tokens))
 
 
+def test_script_counts_hold_a_full_window_of_one_script() -> None:
+    # every packed count reaches its largest value (the whole window) without spilling
+    for char, share in (("가", 1), ("汉", 2), ("é", 0), ("ж", 3)):
+        text = char * (WINDOW + 500)
+        dense = dict(zip(DENSE_NAMES, extract((("user", text),), 12).dense, strict=True))
+        shares = [dense[f"script_{name}"] for name in ("latin", "hangul", "han", "other")]
+        assert shares == [1.0 if i == share else 0.0 for i in range(4)]
+        assert dense["user_bytes"] == pytest.approx(math.log1p(len(text.encode())), rel=1e-3)
+        assert dense["user_tokens"] == pytest.approx(math.log1p(len(text)), rel=1e-3)
+
+
 def test_a_long_user_text_is_hashed_over_its_head_and_tail_only() -> None:
     text = "a" * HEAD + "b" * 5000 + "c" * TAIL
     features = extract((("user", text),), BITS)
