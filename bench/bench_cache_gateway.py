@@ -26,18 +26,14 @@ import time
 import urllib.request
 from pathlib import Path
 
-import yaml
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_gateway import (
     BIN,
-    cpu_seconds,
     envoy_config,
     free_port,
-    process,
-    wait_port,
-    wrk,
+    measured,
+    start_stack,
 )
 
 from extproc.config.snapshot import DEFAULT_CONFIG, load_snapshot
@@ -109,33 +105,19 @@ def stack(
     config = tmp / f"{name}.cascade.yaml"
     config.write_text(DEFAULT_CONFIG.read_text() + "\n" + (cache or ""))
     snapshot = load_snapshot(config)
-    envoy_path = tmp / f"{name}.envoy.yaml"
-    envoy_path.write_text(
-        yaml.safe_dump(envoy_config(listen, admin, extproc_port, snapshot, ANSWER))
-    )
+    envoy = envoy_config(listen, admin, extproc_port, snapshot, ANSWER)
+    args = None
+    if extproc_port is not None:
+        args = [str(BIN / "cascade"), "serve", "--config", str(config)]
+        args += ["--listen", f"127.0.0.1:{extproc_port}", "--log-level", "warning"]
+        args += ["--metrics-listen", "off"]
     results: dict[str, dict[str, float]] = {}
     with contextlib.ExitStack() as stack:
-        server = None
-        if extproc_port is not None:
-            args = [str(BIN / "cascade"), "serve", "--config", str(config)]
-            args += ["--listen", f"127.0.0.1:{extproc_port}", "--log-level", "warning"]
-            args += ["--metrics-listen", "off"]
-            server = stack.enter_context(process(args, tmp / f"{name}-server.log"))
-            wait_port(extproc_port)
-        envoy = [str(BIN / "envoy"), "-c", str(envoy_path), "--concurrency", "1"]
-        envoy += ["--use-dynamic-base-id", "--log-level", "error"]
-        stack.enter_context(process(envoy, tmp / f"{name}-envoy.log"))
-        wait_port(listen)
-        time.sleep(2.5)  # first health check of the ext_proc cluster
+        server = start_stack(stack, tmp / name, envoy, listen, args, extproc_port)
         for label, script, connections in runs:
             if label.startswith("hit"):
                 prime(listen, script)
-            before = cpu_seconds(server.pid) if server else 0.0
-            figures = wrk(listen, connections, seconds, script)
-            if server:
-                used = cpu_seconds(server.pid) - before
-                figures["server_cpu_us"] = used / max(figures["requests"], 1) * 1e6
-            results[label] = figures
+            results[label] = measured(listen, server, connections, seconds, script)
     return results
 
 

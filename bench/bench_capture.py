@@ -21,12 +21,9 @@ p99 per mode, the pairs written, and the differences of the medians.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import http.client
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,12 +31,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from bench_ttft import percentile, start_envoy, wait
 from cascade_dev.mock_backend import MockBackend, MockBackendThread
+from mock_stack import percentile, routed, running, serve, start_envoy
 
-from extproc.config.snapshot import DEFAULT_CONFIG, Backend, compile_config
+from extproc.config.snapshot import DEFAULT_CONFIG
 
-BIN = Path(sys.executable).parent
 BODY = json.dumps(
     {"model": "auto", "messages": [{"role": "user", "content": "hello, how are you today?"}]}
 ).encode()
@@ -78,34 +74,8 @@ def start_stack(
     """`cascade serve` and an Envoy for one mode; the Envoy listener's port."""
     config = workdir / f"{mode}.yaml"
     config.write_text(yaml.safe_dump(config_for(mode, workdir), allow_unicode=True))
-    port_file = workdir / f"{mode}.port"
-    serve = subprocess.Popen(
-        [str(BIN / "cascade"), "serve", "--config", str(config),
-         "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--log-level", "warning"],
-        env={**os.environ, "CASCADE_PORT_FILE": str(port_file)},
-    )  # fmt: skip
-    processes.append(serve)
-    wait(port_file.exists, 20, f"cascade serve ({mode})")
-    base = compile_config(config.read_text(), str(config))
-    tiers = tuple(
-        dataclasses.replace(
-            tier, backends=(Backend(address="127.0.0.1", port=t.port, model=tier.model),)
-        )
-        for tier, t in zip(base.tiers, threads, strict=True)
-    )
-    snapshot = dataclasses.replace(
-        base,
-        tiers=tiers,
-        envoy=dataclasses.replace(
-            base.envoy,
-            listen="127.0.0.1:0",
-            admin="127.0.0.1:0",
-            ext_proc=(f"127.0.0.1:{int(port_file.read_text())}",),
-        ),
-    )
-    process, port = start_envoy(workdir, f"envoy-{mode}", snapshot)
-    processes.append(process)
-    return port
+    base, grpc_port = serve(config, mode, processes)
+    return start_envoy(workdir, f"envoy-{mode}", routed(base, threads, grpc_port), processes)
 
 
 def measure(ports: dict[str, int], requests: int, warmup: int) -> dict[str, list[float]]:
@@ -163,30 +133,16 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=300, help="measured requests per mode")
     parser.add_argument("--warmup", type=int, default=30)
     args = parser.parse_args()
-    processes: list[subprocess.Popen[bytes]] = []
     threads = [
         MockBackendThread(MockBackend("weak", ["qwen3-4b"])),
         MockBackendThread(MockBackend("strong", ["glm-5"])),
     ]
-    with tempfile.TemporaryDirectory(prefix="bench-capture-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench-capture-") as tmp, running(threads) as processes:
         workdir = Path(tmp)
-        try:
-            for thread in threads:
-                thread.start()
-            ports = {mode: start_stack(mode, workdir, threads, processes) for mode in MODES}
-            results = measure(ports, args.requests, args.warmup)
-            mirrored = args.requests + args.warmup
-            pairs = count_pairs(workdir / "pairs.jsonl", mirrored)
-        finally:
-            for process in processes:
-                process.terminate()
-            for process in processes:
-                try:
-                    process.wait(10)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-            for thread in threads:
-                thread.stop()
+        ports = {mode: start_stack(mode, workdir, threads, processes) for mode in MODES}
+        results = measure(ports, args.requests, args.warmup)
+        mirrored = args.requests + args.warmup
+        pairs = count_pairs(workdir / "pairs.jsonl", mirrored)
     report(results, pairs, mirrored, args.requests)
     return 0
 

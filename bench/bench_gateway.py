@@ -83,6 +83,41 @@ def body_4k() -> bytes:
         text = text[: -max(1, (len(body) - 4096) // 3)]
 
 
+def post_script(tmp: Path, body: bytes) -> Path:
+    """A wrk script that POSTs `body` (kept in a file beside it) as JSON."""
+    path = tmp / "body.json"
+    path.write_bytes(body)
+    script = tmp / "post.lua"
+    script.write_text(
+        'wrk.method = "POST"\n'
+        'wrk.headers["content-type"] = "application/json"\n'
+        f'local f = io.open("{path}", "rb")\nwrk.body = f:read("*a")\nf:close()\n'
+    )
+    return script
+
+
+def print_table(results: dict[str, dict[int, dict[str, float]]], floor: bool = False) -> None:
+    """One row per stack and connection count; with `floor`, the latency added to the floor's."""
+    base = results["floor"]
+    extra = f"{'+p50':>6} {'+p99':>6} " if floor else ""
+    print(
+        f"\n{'stack':<15} {'conns':>5} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} "
+        f"{extra}{'srv CPU µs/req':>14}"
+    )
+    for name, by_conn in results.items():
+        for conns, f in by_conn.items():
+            added = ""
+            if floor:
+                added = (
+                    f"{f['p50_ms'] - base[conns]['p50_ms']:>6.2f} "
+                    f"{f['p99_ms'] - base[conns]['p99_ms']:>6.2f} "
+                )
+            print(
+                f"{name:<15} {conns:>5} {f['rps']:>8.0f} {f['p50_ms']:>7.2f} {f['p99_ms']:>7.2f} "
+                f"{added}{f.get('server_cpu_us', 0):>14.0f}"
+            )
+
+
 def envoy_config(
     listen: int,
     admin: int,
@@ -242,39 +277,74 @@ def run_stack(
                 "--metrics-listen",
                 "off",
             ]
-    config_path = tmp / f"envoy-{name}.yaml"
-    config_path.write_text(yaml.safe_dump(envoy_config(listen, admin, extproc_port)))
+    envoy = envoy_config(listen, admin, extproc_port)
+    return measure_stack(tmp / name, envoy, listen, server_args, extproc_port, seconds, script)
+
+
+def measure_stack(
+    prefix: Path,
+    envoy: dict[str, Any],
+    listen: int,
+    server_args: list[str] | None,
+    extproc_port: int | None,
+    seconds: int,
+    script: Path,
+) -> dict[int, dict[str, float]]:
+    """`start_stack`, a check that requests are routed, a warm-up, then wrk at 1 and 16
+    connections: the figures per connection count."""
     results: dict[int, dict[str, float]] = {}
     with contextlib.ExitStack() as stack:
-        server = None
-        if server_args:
-            server = stack.enter_context(process(server_args, tmp / f"{name}-server.log"))
-            assert extproc_port is not None
-            wait_port(extproc_port)
-        envoy_args = [
-            str(BIN / "envoy"),
-            "-c",
-            str(config_path),
-            "--concurrency",
-            "1",
-            "--use-dynamic-base-id",
-            "--log-level",
-            "error",
-        ]
-        stack.enter_context(process(envoy_args, tmp / f"{name}-envoy.log"))
-        wait_port(listen)
-        time.sleep(2.5)  # first health check of the ext_proc cluster
+        server = start_stack(stack, prefix, envoy, listen, server_args, extproc_port)
         if server is not None:
             check_routed(listen)
         wrk(listen, 4, 2, script)  # warm-up
         for connections in (1, 16):
-            before = cpu_seconds(server.pid) if server else 0.0
-            figures = wrk(listen, connections, seconds, script)
-            if server:
-                used = cpu_seconds(server.pid) - before
-                figures["server_cpu_us"] = used / max(figures["requests"], 1) * 1e6
-            results[connections] = figures
+            results[connections] = measured(listen, server, connections, seconds, script)
     return results
+
+
+def start_stack(
+    stack: contextlib.ExitStack[Any],
+    prefix: Path,
+    envoy: dict[str, Any],
+    listen: int,
+    server_args: list[str] | None = None,
+    extproc_port: int | None = None,
+) -> subprocess.Popen[bytes] | None:
+    """The ext_proc server (None: Envoy alone) and an Envoy with config `envoy` listening on
+    `listen`, stopped with `stack`; logs and config beside `prefix`. Returns once the Envoy
+    listens and its first health check of the ext_proc cluster has had time to run."""
+    server = None
+    if server_args:
+        assert extproc_port is not None
+        server = stack.enter_context(
+            process(server_args, prefix.with_name(f"{prefix.name}-server.log"))
+        )
+        wait_port(extproc_port)
+    config = prefix.with_name(f"{prefix.name}-envoy.yaml")
+    config.write_text(yaml.safe_dump(envoy))
+    envoy_args = [str(BIN / "envoy"), "-c", str(config), "--concurrency", "1"]
+    envoy_args += ["--use-dynamic-base-id", "--log-level", "error"]
+    stack.enter_context(process(envoy_args, prefix.with_name(f"{prefix.name}-envoy.log")))
+    wait_port(listen)
+    time.sleep(2.5)  # first health check of the ext_proc cluster
+    return server
+
+
+def measured(
+    listen: int,
+    server: subprocess.Popen[bytes] | None,
+    connections: int,
+    seconds: int,
+    script: Path,
+) -> dict[str, float]:
+    """wrk's figures, with the server's CPU per request (`server_cpu_us`) when there is one."""
+    before = cpu_seconds(server.pid) if server else 0.0
+    figures = wrk(listen, connections, seconds, script)
+    if server:
+        used = cpu_seconds(server.pid) - before
+        figures["server_cpu_us"] = used / max(figures["requests"], 1) * 1e6
+    return figures
 
 
 def median_run(found: list[dict[int, dict[str, float]]]) -> dict[int, dict[str, float]]:
@@ -311,14 +381,7 @@ def main() -> None:
         stacks.insert(stacks.index("cascade") + 1 if "cascade" in stacks else 1, "cascade-before")
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
-        body = tmp / "body.json"
-        body.write_bytes(body_4k())
-        script = tmp / "post.lua"
-        script.write_text(
-            'wrk.method = "POST"\n'
-            'wrk.headers["content-type"] = "application/json"\n'
-            f'local f = io.open("{body}", "rb")\nwrk.body = f:read("*a")\nf:close()\n'
-        )
+        script = post_script(tmp, body_4k())
         cascades: dict[str, Path] = {}
         if args.before is not None:
             cascades["cascade-before"] = args.before
@@ -330,19 +393,7 @@ def main() -> None:
                 found.append(run_stack(name, tmp, args.seconds, script, cascades))
         results = {name: median_run(found) for name, found in runs.items()}
     print(json.dumps(results, indent=1))
-    floor = results["floor"]
-    print(
-        f"\n{'stack':<15} {'conns':>5} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} "
-        f"{'+p50':>6} {'+p99':>6} {'srv CPU µs/req':>14}"
-    )
-    for name, by_conn in results.items():
-        for conns, f in by_conn.items():
-            print(
-                f"{name:<15} {conns:>5} {f['rps']:>8.0f} {f['p50_ms']:>7.2f} {f['p99_ms']:>7.2f} "
-                f"{f['p50_ms'] - floor[conns]['p50_ms']:>6.2f} "
-                f"{f['p99_ms'] - floor[conns]['p99_ms']:>6.2f} "
-                f"{f.get('server_cpu_us', 0):>14.0f}"
-            )
+    print_table(results, floor=True)
     print()
     for ours, base in (
         ("cascade", "pass-through"),

@@ -77,26 +77,24 @@ def synthetic_records(count: int, seed: int) -> list[dict[str, object]]:
     return records
 
 
-def hot_path(repeat: int, workdir: Path) -> None:
+def train(data: Path, model: Path, *options: str) -> None:
+    """`cascade train DATA -o MODEL OPTIONS...` (the console script: process start included)."""
+    command = [sys.executable, "-m", "extproc.cli.main", "train", str(data), "-o", str(model)]
+    subprocess.run([*command, *options], check=True, stdout=subprocess.DEVNULL)
+
+
+def trained_artifact(workdir: Path, *options: str) -> Path:
+    """An artifact trained on 3,000 synthetic records (seed 1), written in `workdir`."""
+    data = workdir / "train.jsonl"
     records = synthetic_records(3000, 1)
-    data_path = workdir / "train.jsonl"
-    data_path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     model = workdir / "scorer.json"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "extproc.cli.main",
-            "train",
-            str(data_path),
-            "-o",
-            str(model),
-            "--no-learning-curve",
-            "--json",
-        ],
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
+    train(data, model, "--no-learning-curve", *options)
+    return model
+
+
+def hot_path(repeat: int, workdir: Path) -> None:
+    model = trained_artifact(workdir)
     document = yaml.safe_load(DEFAULT_CONFIG.read_text())
     v7 = document["classifiers"]["v7"]
     scorer_rule = {
@@ -154,23 +152,7 @@ def train_time(count: int, seed: int, workdir: Path) -> None:
     generated = time.perf_counter() - started
     started = time.perf_counter()
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "extproc.cli.main",
-            "train",
-            str(data_path),
-            "-o",
-            str(workdir / "big.json"),
-            "--seed",
-            str(seed),
-            "--target-share",
-            "0.3",
-        ],
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
+    train(data_path, workdir / "big.json", "--seed", str(seed), "--target-share", "0.3")
     seconds = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)

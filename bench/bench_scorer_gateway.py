@@ -19,14 +19,11 @@ request (from /proc), and cascade-scorer / cascade req/s at 16 connections (issu
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import json
 import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import yaml
@@ -36,16 +33,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_gateway import (
     BIN,
     body_4k,
-    check_routed,
-    cpu_seconds,
     envoy_config,
     free_port,
+    measure_stack,
     median_run,
-    process,
-    wait_port,
-    wrk,
+    post_script,
+    print_table,
 )
-from bench_scorer import synthetic_records
+from bench_scorer import trained_artifact
 
 from extproc.config.snapshot import DEFAULT_CONFIG
 
@@ -54,17 +49,7 @@ STACKS = ("floor", "cascade", "cascade-scorer")
 
 def scorer_config(tmp: Path, bits: int) -> Path:
     """The packaged config with a stable version v7s = v7 + a trained scorer after its keywords."""
-    data = tmp / "train.jsonl"
-    data.write_text(
-        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in synthetic_records(3000, 1))
-    )
-    model = tmp / "scorer.json"
-    train = [str(BIN / "cascade"), "train", str(data), "-o", str(model), "--no-learning-curve"]
-    subprocess.run(
-        [*train, "--bits", str(bits)],
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
+    model = trained_artifact(tmp, "--bits", str(bits))
     document = yaml.safe_load(DEFAULT_CONFIG.read_text())
     v7 = document["classifiers"]["v7"]
     rule = {
@@ -86,34 +71,14 @@ def run_stack(
 ) -> dict[int, dict[str, float]]:
     listen, admin = free_port(), free_port()
     extproc_port = None if name == "floor" else free_port()
-    envoy_path = tmp / f"envoy-{name}.yaml"
-    envoy_path.write_text(yaml.safe_dump(envoy_config(listen, admin, extproc_port)))
-    results: dict[int, dict[str, float]] = {}
-    with contextlib.ExitStack() as stack:
-        server = None
-        if extproc_port is not None:
-            args = [str(BIN / "cascade"), "serve", "--listen", f"127.0.0.1:{extproc_port}"]
-            args += ["--log-level", "warning", "--metrics-listen", "off"]
-            if name == "cascade-scorer":
-                args += ["--config", str(config)]
-            server = stack.enter_context(process(args, tmp / f"{name}-server.log"))
-            wait_port(extproc_port)
-        envoy = [str(BIN / "envoy"), "-c", str(envoy_path), "--concurrency", "1"]
-        envoy += ["--use-dynamic-base-id", "--log-level", "error"]
-        stack.enter_context(process(envoy, tmp / f"{name}-envoy.log"))
-        wait_port(listen)
-        time.sleep(2.5)  # first health check of the ext_proc cluster
-        if server is not None:
-            check_routed(listen)
-        wrk(listen, 4, 2, script)  # warm-up
-        for connections in (1, 16):
-            before = cpu_seconds(server.pid) if server else 0.0
-            figures = wrk(listen, connections, seconds, script)
-            if server:
-                used = cpu_seconds(server.pid) - before
-                figures["server_cpu_us"] = used / max(figures["requests"], 1) * 1e6
-            results[connections] = figures
-    return results
+    args = None
+    if extproc_port is not None:
+        args = [str(BIN / "cascade"), "serve", "--listen", f"127.0.0.1:{extproc_port}"]
+        args += ["--log-level", "warning", "--metrics-listen", "off"]
+        if name == "cascade-scorer":
+            args += ["--config", str(config)]
+    envoy = envoy_config(listen, admin, extproc_port)
+    return measure_stack(tmp / name, envoy, listen, args, extproc_port, seconds, script)
 
 
 def main() -> None:
@@ -125,14 +90,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         config = scorer_config(tmp, args.bits)
-        body = tmp / "body.json"
-        body.write_bytes(body_4k())
-        script = tmp / "post.lua"
-        script.write_text(
-            'wrk.method = "POST"\n'
-            'wrk.headers["content-type"] = "application/json"\n'
-            f'local f = io.open("{body}", "rb")\nwrk.body = f:read("*a")\nf:close()\n'
-        )
+        script = post_script(tmp, body_4k())
         runs: dict[str, list[dict[int, dict[str, float]]]] = {name: [] for name in STACKS}
         loads = []
         for _ in range(args.rounds):  # interleaved: drift on a shared machine hits every stack
@@ -142,16 +100,7 @@ def main() -> None:
         results = {name: median_run(found) for name, found in runs.items()}
     print(json.dumps(results, indent=1))
     print(f"\nload average during the runs: {min(loads):.1f} to {max(loads):.1f}")
-    print(
-        f"{'stack':<15} {'conns':>5} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} "
-        f"{'srv CPU µs/req':>14}"
-    )
-    for name, by_conn in results.items():
-        for conns, f in by_conn.items():
-            print(
-                f"{name:<15} {conns:>5} {f['rps']:>8.0f} {f['p50_ms']:>7.2f} {f['p99_ms']:>7.2f} "
-                f"{f.get('server_cpu_us', 0):>14.0f}"
-            )
+    print_table(results)
     ratio = results["cascade-scorer"][16]["rps"] / results["cascade"][16]["rps"]
     print(f"\ncascade-scorer / cascade req/s at 16 connections: {ratio:.1%}")
     spread = [r[16]["rps"] for r in runs["cascade-scorer"]], [r[16]["rps"] for r in runs["cascade"]]
