@@ -22,7 +22,6 @@ import hashlib
 import hmac
 import re
 import unicodedata
-from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -132,7 +131,9 @@ _OPTION = re.compile(r"^\s*(?:\(?[A-Za-z0-9]{1,2}[.):]|[-*•])\s+\S.*$", re.MUL
 #: become spaces, apostrophes vanish (`isn't` -> `isnt`)
 #: `two's complement` counts the word `two`
 _POSSESSIVE = re.compile(r"'s\b")
-_WORD_BREAK = re.compile(r"[\"`.,;:!?()\[\]{}<>«»“”「」『』、。，！？：；（）\-‐‑–—…*_~#/\\|=+\s]+")
+#: (whitespace needs no entry: `split()` breaks there anyway)
+_BREAKS = '"`.,;:!?()[]{}<>«»“”「」『』、。，！？：；（）-‐‑–—…*_~#/\\|=+'
+_WORD_BREAK = str.maketrans(dict.fromkeys(_BREAKS, " ") | {"'": None})
 
 _NUMBER_WORDS = frozenset(
     "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
@@ -155,6 +156,9 @@ _POLARITY = frozenset(
     "latest oldest newest youngest longest shortest fastest slowest cheapest always sometimes "
     "inside outside ascending descending left right".split()
 )
+_LISTED = _NUMBER_WORDS | _NEGATIONS | _POLARITY
+#: the openers `_QUOTED` looks for beyond ASCII
+_QUOTES = "“‘「『«"
 _CJK_NEGATION = re.compile(r"[不没沒别別非无無未勿否]|않|안\s|못|없|아니|말고|제외")
 
 
@@ -175,11 +179,13 @@ def facts(text: str) -> str:
     ascii_only = prose.isascii()
     quoted = (
         sorted(_normal(next(g for g in groups if g)) for groups in _QUOTED.findall(prose))
-        if not ascii_only or '"' in prose or "'" in prose
+        if '"' in prose or "'" in prose or (not ascii_only and _has_any(prose, _QUOTES))
         else []
     )
+    # Hangul and Han (what the CJK expressions look for) are all at U+3000 and above
+    cjk = not ascii_only and max(prose) >= "\u3000"
     numbers = sorted(_NUMBER.findall(prose))
-    if not ascii_only:
+    if cjk:
         numbers += sorted(_CJK_NUMERALS.findall(prose))
     identifiers = sorted(
         token
@@ -189,16 +195,20 @@ def facts(text: str) -> str:
     )
     options = [_normal(line) for line in _OPTION.findall(prose)] if "\n" in prose else []
     folded = _POSSESSIVE.sub("", prose.casefold().replace("\u2019", "'").replace("\u2018", "'"))
-    words = Counter(_WORD_BREAK.sub(" ", folded).replace("'", "").split())
+    words = [word for word in folded.translate(_WORD_BREAK).split() if word in _LISTED]
     number_words = _listed(words, _NUMBER_WORDS)
     negations = _listed(words, _NEGATIONS)
-    if not ascii_only:
+    if cjk:
         negations = sorted(negations + _CJK_NEGATION.findall(prose))
     polarity = _listed(words, _POLARITY)
     families = (blocks, inline, quoted, numbers, identifiers, options, number_words, negations)
     return "\x1e".join("\x1f".join(family) for family in (*families, polarity))
 
 
-def _listed(words: Counter[str], listed: frozenset[str]) -> list[str]:
+def _listed(words: list[str], listed: frozenset[str]) -> list[str]:
     """The listed words present, each as often as it occurs, sorted."""
-    return sorted(word for word in words.keys() & listed for _ in range(words[word]))
+    return sorted(word for word in words if word in listed)
+
+
+def _has_any(text: str, characters: str) -> bool:
+    return any(character in text for character in characters)

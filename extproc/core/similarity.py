@@ -2,12 +2,18 @@
 
 A text becomes the set of its character 3-grams after NFKC, case folding and whitespace
 collapsing (any script: English, Korean and Chinese alike). Two texts are compared by the cosine
-of those sets, |A ∩ B| / sqrt(|A| |B|). Finding candidates among many stored texts uses MinHash
-(24 hash functions) split into 8 bands of 3: two texts become candidates when one band is
-equal, which for a Jaccard similarity of 0.7 (a cosine near 0.82) happens with probability 0.97
-and for 0.8 above 0.99; every candidate is then checked with the exact cosine.
+of those sets, |A ∩ B| / sqrt(|A| |B|). Finding candidates among many stored texts uses a
+MinHash signature of 24 values split into 8 bands of 3: two texts become candidates when one
+band is equal, which for a Jaccard similarity of 0.7 (a cosine near 0.82) happens with
+probability 0.97 and for 0.8 above 0.99; every candidate is then checked with the exact cosine.
 
-Hashes are arithmetic on code points (never Python's salted `hash`), so replicas agree.
+The signature is one-permutation MinHash: each gram is hashed once more, the hash range is cut
+into 24 equal bins, and a bin's value is the smallest hash in it; an empty bin borrows the value
+of the next non-empty one (wrapping round), so short texts still fill every band. With the
+hashes sorted that is one `searchsorted` instead of 24 hash functions over every gram.
+
+Hashes are arithmetic on code points (never Python's salted `hash`), so replicas agree; a
+replica computes the bands of the gram sets it receives itself.
 """
 
 from __future__ import annotations
@@ -24,10 +30,11 @@ HASHES = BANDS * ROWS
 #: a text is cut to this many characters before shingling (the cost stays bounded)
 MAX_CHARS = 8192
 
-_rng = np.random.default_rng(0x5EED)
-_A = (_rng.integers(1, 2**63, size=HASHES, dtype=np.uint64) | np.uint64(1)).reshape(HASHES, 1)
-_B = _rng.integers(0, 2**63, size=HASHES, dtype=np.uint64).reshape(HASHES, 1)
 _K1, _K2, _K3 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xC2B2AE3D27D4EB4F), np.uint64(0x165667B1)
+#: the signature's own hash of a gram (odd: a bijection of uint64, its top bits mix every bit)
+_MIX = np.uint64(0xD6E8FEB86659FD93)
+#: the lower edges of the signature's bins over the uint64 range
+_EDGES = np.array([(i << 64) // HASHES for i in range(HASHES)], dtype=np.uint64)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -47,9 +54,14 @@ def grams(text: str) -> npt.NDArray[np.uint64]:
     points = np.frombuffer(normalize(text).encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
     if points.size < 3:
         points = np.concatenate([points, np.zeros(3 - points.size, dtype=np.uint64)])
-    mixed = points[:-2] * _K1 ^ points[1:-1] * _K2 ^ points[2:] * _K3
-    result: npt.NDArray[np.uint64] = np.unique(mixed)
-    return result
+    mixed: npt.NDArray[np.uint64] = points[:-2] * _K1 ^ points[1:-1] * _K2 ^ points[2:] * _K3
+    mixed.sort()
+    if mixed.size > 1:
+        distinct = np.empty(mixed.size, dtype=np.bool_)
+        distinct[0] = True
+        np.not_equal(mixed[1:], mixed[:-1], out=distinct[1:])
+        mixed = mixed[distinct]
+    return mixed
 
 
 def shingle(text: str) -> Shingled:
@@ -58,8 +70,14 @@ def shingle(text: str) -> Shingled:
 
 def from_grams(values: npt.NDArray[np.uint64]) -> Shingled:
     """The bands of a gram set (a text's, or one received from another replica)."""
-    signature = ((_A * values + _B) >> np.uint64(32)).min(axis=1).astype(np.uint32).tobytes()
-    width = ROWS * 4
+    if values.size:
+        hashed = values * _MIX
+        hashed.sort()
+        picked = hashed.take(hashed.searchsorted(_EDGES), mode="wrap")
+    else:
+        picked = np.zeros(HASHES, dtype=np.uint64)
+    signature = picked.tobytes()
+    width = ROWS * 8
     bands = tuple(
         bytes((band,)) + signature[band * width : (band + 1) * width] for band in range(BANDS)
     )

@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 
-from extproc.core.similarity import BANDS, MAX_CHARS, cosine, grams, shingle
+from extproc.core.similarity import BANDS, HASHES, MAX_CHARS, cosine, from_grams, grams, shingle
 
 
 def test_identical_texts_are_similar_and_different_ones_are_not() -> None:
@@ -44,3 +44,35 @@ def test_short_and_huge_texts_are_bounded() -> None:
     huge = grams("x" * (MAX_CHARS * 10) + "tail")
     assert huge.size == 1  # only the first MAX_CHARS characters count
     assert cosine(np.array([], dtype=np.uint64), grams("abc")) == 0.0
+
+
+def _reference_signature(values: list[int]) -> list[int]:
+    """One-permutation MinHash in plain Python: per bin of the hash range the smallest hash,
+    an empty bin taking the next non-empty bin's (wrapping round)."""
+    hashed = sorted((v * 0xD6E8FEB86659FD93) % (1 << 64) for v in values)
+    edges = [(i << 64) // HASHES for i in range(HASHES)] + [1 << 64]
+    found = [
+        min((h for h in hashed if edges[b] <= h < edges[b + 1]), default=None)
+        for b in range(HASHES)
+    ]
+    result = []
+    for b in range(HASHES):
+        for step in range(HASHES):
+            value = found[(b + step) % HASHES]
+            if value is not None:
+                result.append(value)
+                break
+    return result
+
+
+def test_the_signature_is_each_bins_minimum_and_empty_bins_borrow_the_next() -> None:
+    rng = np.random.default_rng(3)
+    for size in (1, 2, 5, 30, 400):
+        values = np.unique(rng.integers(0, 2**63, size=size, dtype=np.uint64))
+        bands = from_grams(values).bands
+        signature = np.frombuffer(b"".join(band[1:] for band in bands), dtype=np.uint64)
+        assert signature.tolist() == _reference_signature(values.tolist())
+        assert [band[0] for band in bands] == list(range(BANDS))
+    assert len(set(from_grams(np.array([7], dtype=np.uint64)).bands)) == BANDS  # band ids differ
+    empty = from_grams(np.array([], dtype=np.uint64))
+    assert len(empty.bands) == BANDS
