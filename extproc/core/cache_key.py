@@ -159,6 +159,7 @@ _POLARITY = frozenset(
 _LISTED = _NUMBER_WORDS | _NEGATIONS | _POLARITY
 #: the openers `_QUOTED` looks for beyond ASCII
 _QUOTES = "“‘「『«"
+_CJK_RANGE = re.compile("[\u3000-\U0010ffff]")
 _CJK_NEGATION = re.compile(r"[不没沒别別非无無未勿否]|않|안\s|못|없|아니|말고|제외")
 
 
@@ -183,7 +184,7 @@ def facts(text: str) -> str:
         else []
     )
     # Hangul and Han (what the CJK expressions look for) are all at U+3000 and above
-    cjk = not ascii_only and max(prose) >= "\u3000"
+    cjk = not ascii_only and _CJK_RANGE.search(prose) is not None
     numbers = sorted(_NUMBER.findall(prose))
     if cjk:
         numbers += sorted(_CJK_NUMERALS.findall(prose))
