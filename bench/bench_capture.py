@@ -2,8 +2,8 @@
 
     .venv/bin/python bench/bench_capture.py [--requests 300] [--warmup 30]
 
-Starts on 127.0.0.1 (ports chosen at run time): one mock backend per tier, and three stacks of
-`cascade serve` + Envoy rendered from the same config but for:
+Starts on 127.0.0.1 (ports chosen at run time) three stacks of the end-to-end tests' `Gateway`
+(mock backends, `cascade serve`, Envoy) from the same config but for:
 
 - `plain`: no mirror, no capture;
 - `mirror`: every weak request mirrored to strong (`tiers[].mirror.percent: 100`), no capture;
@@ -21,6 +21,7 @@ p99 per mode, the pairs written, and the differences of the medians.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
 import statistics
@@ -30,11 +31,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-from cascade_dev.mock_backend import MockBackend, MockBackendThread
-from mock_stack import percentile, routed, running, serve, start_envoy
+from bench_ttft import percentile
 
-from extproc.config.snapshot import DEFAULT_CONFIG
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: tests.e2e
+from tests.e2e.harness import Gateway
 
 BODY = json.dumps(
     {"model": "auto", "messages": [{"role": "user", "content": "hello, how are you today?"}]}
@@ -42,18 +42,20 @@ BODY = json.dumps(
 MODES = ("plain", "mirror", "capture")
 
 
-def config_for(mode: str, workdir: Path) -> dict[str, Any]:
-    document: dict[str, Any] = yaml.safe_load(DEFAULT_CONFIG.read_text())
-    document["server"]["rewrite_model"] = True
-    document.setdefault("telemetry", {})["response_processing"] = True
-    if mode != "plain":
-        document["tiers"][0]["mirror"] = {"tier": "strong", "percent": 100}
-    if mode == "capture":
-        document["capture"] = {
-            "tiers": ["weak"],
-            "sink": {"kind": "jsonl", "path": str(workdir / "pairs.jsonl")},
-        }
-    return document
+def edit_for(mode: str) -> Any:
+    """The `Gateway` config edit of one mode (the stack's own directory holds its sink)."""
+
+    def edit(document: dict[str, Any], gateway: Gateway) -> None:
+        document.setdefault("telemetry", {})["response_processing"] = True
+        if mode != "plain":
+            document["tiers"][0]["mirror"] = {"tier": "strong", "percent": 100}
+        if mode == "capture":
+            document["capture"] = {
+                "tiers": ["weak"],
+                "sink": {"kind": "jsonl", "path": str(gateway.workdir / "pairs.jsonl")},
+            }
+
+    return edit
 
 
 def timed(conn: http.client.HTTPConnection) -> float:
@@ -66,16 +68,6 @@ def timed(conn: http.client.HTTPConnection) -> float:
     elapsed = time.perf_counter() - started
     assert reply.status == 200 and body, reply.status
     return elapsed
-
-
-def start_stack(
-    mode: str, workdir: Path, threads: list[MockBackendThread], processes: list[Any]
-) -> int:
-    """`cascade serve` and an Envoy for one mode; the Envoy listener's port."""
-    config = workdir / f"{mode}.yaml"
-    config.write_text(yaml.safe_dump(config_for(mode, workdir), allow_unicode=True))
-    base, grpc_port = serve(config, mode, processes)
-    return start_envoy(workdir, f"envoy-{mode}", routed(base, threads, grpc_port), processes)
 
 
 def measure(ports: dict[str, int], requests: int, warmup: int) -> dict[str, list[float]]:
@@ -133,16 +125,19 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=300, help="measured requests per mode")
     parser.add_argument("--warmup", type=int, default=30)
     args = parser.parse_args()
-    threads = [
-        MockBackendThread(MockBackend("weak", ["qwen3-4b"])),
-        MockBackendThread(MockBackend("strong", ["glm-5"])),
-    ]
-    with tempfile.TemporaryDirectory(prefix="bench-capture-") as tmp, running(threads) as processes:
-        workdir = Path(tmp)
-        ports = {mode: start_stack(mode, workdir, threads, processes) for mode in MODES}
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-capture-") as tmp,
+        contextlib.ExitStack() as stack,
+    ):
+        ports = {}
+        for mode in MODES:
+            (Path(tmp) / mode).mkdir()
+            gateway = Gateway(Path(tmp) / mode, edit_config=edit_for(mode))
+            stack.callback(gateway.close)
+            ports[mode] = gateway.port
         results = measure(ports, args.requests, args.warmup)
         mirrored = args.requests + args.warmup
-        pairs = count_pairs(workdir / "pairs.jsonl", mirrored)
+        pairs = count_pairs(Path(tmp) / "capture" / "pairs.jsonl", mirrored)
     report(results, pairs, mirrored, args.requests)
     return 0
 

@@ -2,9 +2,10 @@
 
     .venv/bin/python bench/bench_gate_ttft.py [--requests 100] [--holds 8,32] [--transport h2]
 
-Starts on 127.0.0.1 (ports chosen at run time): mock backends for weak and strong that stream a
-token (one content event) every 2 ms, then one `cascade serve` + Envoy pair per variant: the
-gate off, and a gate on weak holding N tokens (`--holds`; `hold_ms` 500). Requests go round
+Starts on 127.0.0.1 (ports chosen at run time) one stack of the end-to-end tests' `Gateway` per
+variant (mock backends for weak and strong that stream a token, one content event, every 2 ms;
+`cascade serve`; Envoy): the gate off, and a gate on weak holding N tokens (`--holds`;
+`hold_ms` 500). Requests go round
 robin over the variants so all see the same machine noise. Measured at the client:
 
 - streamed passing answer (80 tokens): time to the first body bytes, and to the end;
@@ -16,20 +17,18 @@ robin over the variants so all see the same machine noise. Measured at the clien
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
-import yaml
-from cascade_dev.mock_backend import MockBackend, MockBackendThread
-from mock_stack import routed, running, serve, start_envoy
-
-from extproc.config.snapshot import DEFAULT_CONFIG
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: tests.e2e
+from tests.e2e.harness import Gateway
 
 TOKENS = 80
 TEXT = " ".join(f"w{i}" for i in range(TOKENS))
@@ -63,29 +62,28 @@ def timed(
 
 
 class Variant:
-    """One stack: `cascade serve` with the weak tier's gate at `hold` tokens (None: off) and an
-    Envoy in front of it, its processes added to `processes`."""
+    """One stack whose weak tier's gate holds `hold` tokens (None: no gate)."""
 
-    def __init__(
-        self,
-        workdir: Path,
-        name: str,
-        hold: int | None,
-        threads: list[MockBackendThread],
-        transport: str,
-        processes: list[subprocess.Popen[bytes]],
-    ) -> None:
+    def __init__(self, workdir: Path, name: str, hold: int | None, transport: str) -> None:
         self.name = name
-        document = yaml.safe_load(DEFAULT_CONFIG.read_text())
-        document["server"]["rewrite_model"] = True
-        if hold is not None:
-            document["tiers"][0]["gate"] = {"hold_tokens": hold, "hold_ms": 500}
-        config = workdir / f"{name}.cascade.yaml"
-        config.write_text(yaml.safe_dump(document, allow_unicode=True))
-        base, grpc_port = serve(config, name, processes, "--transport", transport)
-        snapshot = routed(base, threads, grpc_port)
-        port = start_envoy(workdir, f"{name}.envoy", snapshot, processes)
-        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+
+        def edit(document: dict[str, Any], _gateway: Gateway) -> None:
+            if hold is not None:
+                document["tiers"][0]["gate"] = {"hold_tokens": hold, "hold_ms": 500}
+
+        workdir.mkdir()
+        self.gateway = Gateway(
+            workdir,
+            stream_delay_ms=2,
+            edit_config=edit,
+            backend_options={"stream_chunks": TOKENS},
+            serve_args=("--transport", transport),
+        )
+        self.conn = http.client.HTTPConnection("127.0.0.1", self.gateway.port, timeout=30)
+
+    def close(self) -> None:
+        self.conn.close()
+        self.gateway.close()
 
 
 def pct(values: list[float], q: float) -> float:
@@ -105,22 +103,17 @@ def main() -> int:
     parser.add_argument("--transport", choices=["h2", "grpcio"], default="h2")
     args = parser.parse_args()
     holds = [int(h) for h in args.holds.split(",") if h]
-    backends = {
-        name: MockBackend(name, [model], stream_delay_ms=2, stream_chunks=TOKENS)
-        for name, model in (("weak", "qwen3-4b"), ("strong", "glm-5"))
-    }
-    threads = [MockBackendThread(b) for b in backends.values()]
     passing = {"x-mock-content": TEXT}
     results: dict[tuple[str, str], list[float]] = {}
     with (
         tempfile.TemporaryDirectory(prefix="bench-gate-ttft-") as tmp,
-        running(threads) as processes,
+        contextlib.ExitStack() as stack,
     ):
-        variants = [Variant(Path(tmp), "off", None, threads, args.transport, processes)]
-        for hold in holds:
-            variants.append(
-                Variant(Path(tmp), f"hold{hold}", hold, threads, args.transport, processes)
-            )
+        names = [("off", None)] + [(f"hold{hold}", hold) for hold in holds]
+        variants = []
+        for name, hold in names:
+            variants.append(Variant(Path(tmp) / name, name, hold, args.transport))
+            stack.callback(variants[-1].close)
         cases = [("stream", True, passing), ("json", False, passing)]
         for index in range(args.warmup + args.requests):
             for case, stream, headers in cases:
@@ -129,8 +122,8 @@ def main() -> int:
                     if index >= args.warmup:
                         results.setdefault((variant.name, f"{case} first"), []).append(first)
                         results.setdefault((variant.name, f"{case} end"), []).append(end)
-        backends["weak"].script(always={"content": REFUSAL})
         gated = variants[-1]
+        gated.gateway.backends["weak"].script(always={"content": REFUSAL})
         for index in range(args.warmup + args.requests):
             first, end, served = timed(gated.conn, body(True), {})
             assert served == "strong", served
@@ -141,8 +134,6 @@ def main() -> int:
                 results.setdefault((gated.name, "escalated end"), []).append(end)
                 results.setdefault(("off", "strong first"), []).append(direct[0])
                 results.setdefault(("off", "strong end"), []).append(direct[1])
-        for variant in variants:
-            variant.conn.close()
     print(f"{args.requests} requests per case, tokens every 2 ms, {TOKENS} tokens (ms)\n")
     print("| case | p50 | p90 |\n|---|---:|---:|")
     for (name, case), values in results.items():

@@ -2,11 +2,11 @@
 
     .venv/bin/python bench/bench_ttft.py [--requests 300] [--warmup 30]
 
-Starts on 127.0.0.1 (ports chosen at run time): one mock backend per tier (streams SSE with a
-final usage event), one `cascade serve`, and two Envoys rendered from the same cascade config,
-one with `telemetry.response_processing: true` (response body STREAMED, each chunk answered at
-once, attributes on the first chunk) and one with it off. Requests alternate between the two
-Envoys so both see the same machine noise; each measures the time from sending the request to
+Starts on 127.0.0.1 (ports chosen at run time) two stacks of the end-to-end tests' `Gateway`
+(mock backends streaming SSE with a final usage event, `cascade serve`, Envoy), one with
+`telemetry.response_processing: true` (response body STREAMED, each chunk answered at once,
+attributes on the first chunk) and one with it off. Requests alternate between the two stacks
+so both see the same machine noise; each measures the time from sending the request to
 the first response body bytes at the client. Prints the medians and percentiles and the
 difference of the medians (the target: at most 1 ms).
 """
@@ -14,7 +14,7 @@ difference of the medians (the target: at most 1 ms).
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import contextlib
 import http.client
 import json
 import statistics
@@ -23,10 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from cascade_dev.mock_backend import MockBackend, MockBackendThread
-from mock_stack import percentile, routed, running, serve, start_envoy
-
-from extproc.config.snapshot import DEFAULT_CONFIG
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: tests.e2e
+from tests.e2e.harness import Gateway
 
 BODY = json.dumps(
     {
@@ -56,6 +54,11 @@ def first_chunk(conn: http.client.HTTPConnection) -> float:
     return elapsed
 
 
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=300, help="measured requests per mode")
@@ -64,20 +67,20 @@ def main() -> int:
         "--transport", choices=["h2", "grpcio"], default="h2", help="cascade serve --transport"
     )
     args = parser.parse_args()
-    threads = [
-        MockBackendThread(MockBackend("weak", ["qwen3-4b"], stream_delay_ms=2, stream_chunks=3)),
-        MockBackendThread(MockBackend("strong", ["glm-5"], stream_delay_ms=2, stream_chunks=3)),
-    ]
-    with tempfile.TemporaryDirectory(prefix="bench-ttft-") as tmp, running(threads) as processes:
-        workdir = Path(tmp)
-        config = workdir / "cascade.yaml"
-        config.write_text(DEFAULT_CONFIG.read_text())
-        base, grpc_port = serve(config, "serve", processes, "--transport", args.transport)
+    with tempfile.TemporaryDirectory(prefix="bench-ttft-") as tmp, contextlib.ExitStack() as stack:
         ports = {}
-        for name, observe in (("on", True), ("off", False)):
-            telemetry = dataclasses.replace(base.telemetry, response_processing=observe)
-            snapshot = routed(base, threads, grpc_port, telemetry=telemetry)
-            ports[name] = start_envoy(workdir, f"envoy-{name}", snapshot, processes)
+        for name, observe in (("on", "true"), ("off", "false")):
+            workdir = Path(tmp) / name
+            workdir.mkdir()
+            gateway = Gateway(
+                workdir,
+                f"telemetry: {{response_processing: {observe}}}",
+                stream_delay_ms=2,
+                backend_options={"stream_chunks": 3},
+                serve_args=("--transport", args.transport),
+            )
+            stack.callback(gateway.close)
+            ports[name] = gateway.port
         conns = {
             name: http.client.HTTPConnection("127.0.0.1", port, timeout=10)
             for name, port in ports.items()

@@ -153,7 +153,7 @@ _BIGRAMS = np.full(WINDOW + 1, _BIGRAM, dtype=np.uint32)
 _SHIFTS: dict[int, npt.NDArray[np.uint32]] = {}
 _take = np.ndarray.take
 _EVERY_FAMILY = tuple(range(len(FAMILIES)))
-_multiply, _add, _bitand, _shift = np.multiply, np.add, np.bitwise_and, np.right_shift
+_multiply, _add, _shift = np.multiply, np.add, np.right_shift
 _reduceat = np.add.reduceat
 
 

@@ -84,17 +84,22 @@ class Gateway:
         edit_envoy: Callable[[dict[str, Any]], None] | None = None,
         strict_models: bool = False,
         serve_args: tuple[str, ...] = (),
+        backend_options: dict[str, Any] | None = None,
     ) -> None:
         """`extra_backends`: more mock backends, name -> model (in `backends`);
         `edit_config(document, gateway)`: change the cascade config after the overrides;
         `before_envoy(gateway)`: runs once the classifier is up, returns `envoy:` overrides;
         `edit_envoy(document)`: change the rendered Envoy bootstrap (tests only);
         `strict_models`: backends answer 404 to a model they do not serve (vLLM-like);
-        `serve_args`: more `cascade serve` options (e.g. `--transport grpcio`)."""
+        `serve_args`: more `cascade serve` options (e.g. `--transport grpcio`);
+        `backend_options`: more `MockBackend` options for every backend (e.g. `stream_chunks`)."""
         self.workdir = workdir
         self.loop = BackgroundLoop()
         mock = functools.partial(
-            MockBackend, stream_delay_ms=stream_delay_ms, strict_models=strict_models
+            MockBackend,
+            stream_delay_ms=stream_delay_ms,
+            strict_models=strict_models,
+            **(backend_options or {}),
         )
         self.backends = {"weak": mock("weak", ["qwen3-4b"]), "strong": mock("strong", ["glm-5"])}
         for name, model in (extra_backends or {}).items():
